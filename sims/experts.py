@@ -1,0 +1,184 @@
+"""Scripted experts: one per task, acting on privileged state (object poses, the goal zone).
+
+    expert = make_expert(env)       # env from gym.make("sims/...") or a TabletopEnv
+    obs, info = env.reset(seed=0)
+    expert.reset()
+    action = expert.act()            # float32 [4]: delta xyz in [-1, 1], gripper (-1 open, +1 closed)
+
+Experts decide from the current state alone, except for short waits while the gripper closes or
+opens, so they recover when their actions are perturbed (DART-style noise at collection time).
+"""
+
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+from sims.env import TabletopEnv
+from sims.scene import CUBE_HALF, ZONE_RADIUS
+from sims.tasks import HOVER_HEIGHT, LIFT_HEIGHT
+
+OPEN, CLOSED = -1.0, 1.0
+SAFE_HEIGHT = 0.09  # tool centre point height for travelling over the cubes
+GRASP_HEIGHT = 0.012  # finger tips just above the table, around the cube's lower half
+
+
+class Expert(abc.ABC):
+    def __init__(self, env):
+        self.env: TabletopEnv = env.unwrapped
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget any per-episode memory. Call after every env.reset()."""
+
+    @abc.abstractmethod
+    def act(self, observation=None) -> np.ndarray:
+        """The next action, from the environment's privileged state."""
+
+    def _move(self, goal: np.ndarray, gripper: float, speed: float = 1.0) -> np.ndarray:
+        """A step toward `goal` along a straight line, at most `speed` of the largest step."""
+        delta = (goal - self.env.tcp) / self.env.max_step
+        largest = np.abs(delta).max()
+        if largest > speed:
+            delta *= speed / largest
+        return np.append(delta, gripper).astype(np.float32)
+
+
+class ReachExpert(Expert):
+    def act(self, observation=None) -> np.ndarray:
+        goal = self.env.object_position(self.env.target) + np.array([0.0, 0.0, HOVER_HEIGHT])
+        return self._move(goal, OPEN)
+
+
+class PushExpert(Expert):
+    """Come down behind the cube on the far side from the zone, then push it through its centre."""
+
+    def act(self, observation=None) -> np.ndarray:
+        env = self.env
+        tcp = env.tcp
+        cube = env.object_position(env.target)[:2]
+        to_zone = env.zone - cube
+        direction = to_zone / max(np.linalg.norm(to_zone), 1e-6)
+        offset = tcp[:2] - cube
+        behind = -offset @ direction  # how far behind the cube, along the push direction
+        lateral = abs(offset[0] * direction[1] - offset[1] * direction[0])
+        contact = CUBE_HALF + 0.014  # cube half width plus the closed fingers' half thickness
+
+        if tcp[2] < 0.035 and contact - 0.01 < behind < contact + 0.03 and lateral < 0.012:
+            # In contact or about to be: push toward a point ahead of the cube, correcting the line.
+            remaining = np.linalg.norm(to_zone)
+            goal_xy = cube + direction * min(remaining, 0.05) - direction * contact
+            return self._move(np.append(goal_xy, 0.015), CLOSED, speed=0.6)
+        pre_push = cube - direction * (contact + 0.02)
+        if np.linalg.norm(tcp[:2] - pre_push) < 0.012:
+            return self._move(np.append(pre_push, 0.015), CLOSED)
+        if tcp[2] < SAFE_HEIGHT - 0.02 and np.linalg.norm(offset) < 0.09:
+            return self._move(np.append(tcp[:2], SAFE_HEIGHT), CLOSED)  # clear the cube first
+        return self._move(np.append(pre_push, SAFE_HEIGHT), CLOSED)
+
+
+class _GraspingExpert(Expert):
+    """Shared grasp: line up above the cube, descend, close, and confirm the cube is held."""
+
+    CLOSE_STEPS = 3
+
+    def reset(self) -> None:
+        self._closing = 0
+
+    def _holding(self) -> bool:
+        env = self.env
+        cube = env.object_position(env.target)
+        between_fingers = np.linalg.norm(cube[:2] - env.tcp[:2]) < 0.02 and abs(cube[2] - env.tcp[2]) < 0.04
+        # A cube turned about z is held across its corners, up to sqrt(2) of its width.
+        return bool(between_fingers and env.gripper_opening < 2 * CUBE_HALF * 1.45)
+
+    def _grasp(self) -> np.ndarray:
+        env = self.env
+        tcp = env.tcp
+        cube = env.object_position(env.target)
+        if self._closing:
+            self._closing -= 1
+            return self._move(tcp, CLOSED)
+        if env.gripper_opening < 2 * CUBE_HALF - 0.004:
+            return self._move(np.append(tcp[:2], tcp[2] + 0.03), OPEN)  # closed on nothing: open, back off
+        aligned = np.linalg.norm(tcp[:2] - cube[:2]) < 0.008
+        if aligned and tcp[2] < GRASP_HEIGHT + 0.008:
+            self._closing = self.CLOSE_STEPS
+            return self._move(tcp, CLOSED)
+        if aligned or (np.linalg.norm(tcp[:2] - cube[:2]) < 0.015 and tcp[2] < SAFE_HEIGHT):
+            return self._move(np.append(cube[:2], GRASP_HEIGHT), OPEN)
+        if tcp[2] < SAFE_HEIGHT - 0.03:
+            return self._move(np.append(tcp[:2], SAFE_HEIGHT), OPEN)
+        return self._move(np.append(cube[:2], SAFE_HEIGHT), OPEN)
+
+
+class LiftExpert(_GraspingExpert):
+    def act(self, observation=None) -> np.ndarray:
+        if self._holding() and not self._closing:
+            return self._move(np.append(self.env.tcp[:2], LIFT_HEIGHT + 0.06), CLOSED)
+        return self._grasp()
+
+
+class PickPlaceExpert(_GraspingExpert):
+    CARRY_HEIGHT = 0.10
+
+    def reset(self) -> None:
+        super().reset()
+        self._releasing = 0
+
+    def act(self, observation=None) -> np.ndarray:
+        env = self.env
+        tcp = env.tcp
+        cube = env.object_position(env.target)
+        cube_in_zone = np.linalg.norm(cube[:2] - env.zone) < ZONE_RADIUS - 0.025
+        if self._releasing or (cube_in_zone and cube[2] < CUBE_HALF + 0.01):
+            # Let go and rise clear of the cube.
+            self._releasing = max(self._releasing - 1, 0)
+            return self._move(np.append(tcp[:2], cube[2] + 0.08), OPEN)
+        if self._holding() and not self._closing:
+            over_zone = np.linalg.norm(tcp[:2] - env.zone) < 0.01
+            if over_zone:
+                if tcp[2] < GRASP_HEIGHT + 0.012:
+                    self._releasing = 2
+                    return self._move(tcp, OPEN)
+                return self._move(np.append(env.zone, GRASP_HEIGHT), CLOSED)
+            if tcp[2] < self.CARRY_HEIGHT - 0.03:
+                return self._move(np.append(tcp[:2], self.CARRY_HEIGHT), CLOSED)
+            return self._move(np.append(env.zone, self.CARRY_HEIGHT), CLOSED)
+        return self._grasp()
+
+
+EXPERTS: dict[str, type[Expert]] = {
+    "reach": ReachExpert,
+    "push": PushExpert,
+    "lift": LiftExpert,
+    "pick_place": PickPlaceExpert,
+}
+
+
+def make_expert(env) -> Expert:
+    """The scripted expert for the environment's task."""
+    return EXPERTS[env.unwrapped.task.name](env)
+
+
+def run_episode(env, expert: Expert, seed: int, noise: float = 0.0, rng: np.random.Generator | None = None):
+    """Roll out one episode; yields (observation, expert_action, reward, terminated, truncated, info) per step.
+
+    With `noise > 0` the executed action is the expert's plus Gaussian noise, while the yielded label
+    stays the expert's clean action (DART), so demonstrations show how to recover from small errors.
+    """
+    obs, info = env.reset(seed=seed)
+    expert.reset()
+    rng = rng or np.random.default_rng(seed)
+    while True:
+        action = expert.act(obs)
+        executed = action
+        if noise > 0:
+            executed = action.copy()
+            executed[:3] = np.clip(action[:3] + rng.normal(0.0, noise, 3), -1.0, 1.0)
+        next_obs, reward, terminated, truncated, next_info = env.step(executed)
+        yield obs, action, reward, terminated, truncated, next_info
+        if terminated or truncated:
+            return
+        obs = next_obs
