@@ -1,0 +1,40 @@
+# `make demo` and `make test` create or reuse .venv and install the project into it,
+# again only when pyproject.toml changes.
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.install-stamp
+# torch and torchvision first, as a matching pair (timm needs torchvision).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+
+export MUJOCO_GL ?= egl
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test test-all install clean bench
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/vla demo --out runs/demo $(DEMO_ARGS)
+
+# pytest exits 5 when it collected no tests; that is not a failure.
+test: $(STAMP)
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+
+test-all: $(STAMP)
+	@$(PY) -m pytest -m "" $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+
+bench: $(STAMP)
+	$(PY) benchmarks/sims_throughput.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,141 @@
+"""Scripted demonstrations into the episode store, in one or several processes.
+
+Episode i is rolled out with seed `seed + i`; failed rollouts are dropped (unless kept) and
+further seeds are drawn until `episodes` are written, so the file's content depends on the seed
+alone, never on the number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from vla.data.store import Episode, EpisodeWriter
+from vla.errors import DatasetError
+
+
+@dataclass(frozen=True)
+class CollectionJob:
+    env_id: str
+    env_kwargs: dict
+    noise: float = 0.0
+
+
+_worker_cache: dict[str, tuple] = {}  # one environment and expert per job and process, built on first use
+
+
+def _make(job: CollectionJob):
+    key = json.dumps([job.env_id, job.env_kwargs], sort_keys=True)
+    if key not in _worker_cache:
+        import gymnasium as gym
+
+        import sims
+        from sims.experts import make_expert
+
+        env = gym.make(sims.check_env_id(job.env_id), **job.env_kwargs)
+        _worker_cache.clear()
+        _worker_cache[key] = (env, make_expert(env))
+    return _worker_cache[key]
+
+
+def rollout(job: CollectionJob, seed: int) -> Episode:
+    """One expert episode with the given seed."""
+    from sims.experts import run_episode
+
+    env, expert = _make(job)
+    frames: dict[str, list] = {}
+    actions, rewards, dones = [], [], []
+    info = {}
+    for obs, action, reward, terminated, truncated, info in run_episode(env, expert, seed, noise=job.noise):
+        for key, value in obs.items():
+            frames.setdefault(key, []).append(value)
+        actions.append(action)
+        rewards.append(reward)
+        dones.append(terminated or truncated)
+    unwrapped = env.unwrapped
+    return Episode(
+        observations={k: np.stack(v) for k, v in frames.items()},
+        actions=np.stack(actions).astype(np.float32),
+        rewards=np.asarray(rewards, np.float32),
+        dones=np.asarray(dones, bool),
+        attrs={
+            "instruction": unwrapped.instruction,
+            "task": job.env_id,
+            "target": unwrapped.target,
+            "seed": seed,
+            "fps": unwrapped.metadata["render_fps"],
+            "success": bool(info.get("is_success", False)),
+            "noise": job.noise,
+        },
+    )
+
+
+def _rollout_star(args) -> Episode:
+    return rollout(*args)
+
+
+def collect(
+    env_id: str,
+    episodes: int,
+    out: str | Path,
+    seed: int | None = None,
+    workers: int = 1,
+    keep_failures: bool = False,
+    noise: float = 0.0,
+    env_kwargs: dict | None = None,
+    append: bool = False,
+    progress: bool = True,
+    max_attempts_factor: int = 4,
+) -> dict:
+    """Write `episodes` expert episodes to `out`; returns a summary dict."""
+    import sims
+
+    env_id = sims.check_env_id(env_id)
+    if episodes < 1:
+        raise DatasetError(f"--episodes must be at least 1, got {episodes}")
+    job = CollectionJob(env_id=env_id, env_kwargs=dict(env_kwargs or {}), noise=noise)
+    env_args = {"env_name": env_id, "env_kwargs": job.env_kwargs, "noise": noise}
+    written = failures = attempts = 0
+    with EpisodeWriter(out, env_args=env_args, append=append) as writer:
+        if seed is None:
+            seed = max(writer.existing_seeds(), default=-1) + 1
+        next_seed = seed
+        pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
+        bar = tqdm(total=episodes, desc=f"collect {env_id}", unit="ep", disable=not progress)
+        try:
+            while written < episodes:
+                if attempts >= episodes * max_attempts_factor:
+                    raise DatasetError(
+                        f"{env_id}: only {written} of {episodes} episodes succeeded in {attempts} attempts"
+                    )
+                batch = [(job, s) for s in range(next_seed, next_seed + max(workers * 2, 1))]
+                next_seed += len(batch)
+                results = pool.imap(_rollout_star, batch) if pool else map(_rollout_star, batch)
+                for episode in results:
+                    attempts += 1
+                    if not episode.attrs["success"]:
+                        failures += 1
+                        if not keep_failures:
+                            continue
+                    if written < episodes:
+                        writer.add(episode)
+                        written += 1
+                        bar.update(1)
+        finally:
+            bar.close()
+            if pool:
+                pool.terminate()
+        total_episodes = writer.num_episodes
+    return {
+        "out": str(out),
+        "episodes_written": written,
+        "episodes_in_file": total_episodes,
+        "attempts": attempts,
+        "failures": failures,
+        "first_seed": seed,
+    }
