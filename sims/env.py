@@ -57,6 +57,7 @@ class TabletopEnv(gym.Env):
         max_step: float = 0.03,
         max_episode_steps: int | None = None,
         success_tolerance: float | None = None,
+        render_size: int | None = None,
     ):
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(sorted(TASKS))}")
@@ -71,6 +72,7 @@ class TabletopEnv(gym.Env):
             self.task = dataclasses.replace(self.task, success_tolerance=success_tolerance)
         self.render_mode = render_mode
         self.image_size = image_size
+        self.render_size = render_size or image_size  # render() for videos may be larger than observations
         self.wrist_camera = wrist_camera
         self.layout_kind = layout
         self.max_step = max_step
@@ -79,10 +81,11 @@ class TabletopEnv(gym.Env):
         self.metadata = {**self.metadata, "render_fps": control_hz}
         self.frame_skip = round(1.0 / (control_hz * TIMESTEP))
 
-        spec = SceneSpec(object_colors=self.colors, image_size=image_size, show_zone=self.task.needs_zone)
+        spec = SceneSpec(object_colors=self.colors, image_size=max(image_size, self.render_size),
+                         show_zone=self.task.needs_zone)
         self.model = mujoco.MjModel.from_xml_string(build_scene_xml(spec))
         self.data = mujoco.MjData(self.model)
-        self._renderer: mujoco.Renderer | None = None
+        self._renderers: dict[int, mujoco.Renderer] = {}
         self._tcp_site = self.model.site("tcp").id
         self._zone_body = self.model.body("zone").id
         self._slide_qpos = [self.model.joint(f"slide_{a}").qposadr[0] for a in "xyz"]
@@ -166,12 +169,12 @@ class TabletopEnv(gym.Env):
     def render(self):
         if self.render_mode != "rgb_array":
             return None
-        return self._render_camera("front")
+        return self._render_camera("front", self.render_size)
 
     def close(self):
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        for renderer in self._renderers.values():
+            renderer.close()
+        self._renderers.clear()
 
     # ----- internals -----
     def _set_controls(self, tcp_goal: np.ndarray, gripper_command: float) -> None:
@@ -196,15 +199,17 @@ class TabletopEnv(gym.Env):
             "is_success": bool(success),
         }
 
-    def _render_camera(self, camera: str) -> np.ndarray:
-        if self._renderer is None:
-            self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+    def _render_camera(self, camera: str, size: int | None = None) -> np.ndarray:
+        size = size or self.image_size
+        renderer = self._renderers.get(size)
+        if renderer is None:
+            renderer = self._renderers[size] = mujoco.Renderer(self.model, size, size)
             # Free the GL context at exit while EGL is still loaded; freeing it later, during
             # interpreter teardown, prints EGL errors.
-            weakref.finalize(self, self._renderer.close)
-            flags = self._renderer.scene.flags
+            weakref.finalize(self, renderer.close)
+            flags = renderer.scene.flags
             flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
             flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
             flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = False
-        self._renderer.update_scene(self.data, camera=camera)
-        return self._renderer.render()
+        renderer.update_scene(self.data, camera=camera)
+        return renderer.render()

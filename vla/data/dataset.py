@@ -1,0 +1,140 @@
+"""Training data: episodes from one or more HDF5 stores, held in memory as model-ready tensors.
+
+Each sample is one time step t of one episode: the image and state at t, the episode's prompt,
+and the action chunk a[t : t + K] as token ids (positions past the episode's end are ignored).
+Images are resized once, at load, with the same function the deployed policy uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from policies.actions import ActionTokenizer, action_statistics
+from policies.preprocess import PromptTokenizer, normalize_state, resize_image
+from vla.data.store import EpisodeReader
+from vla.errors import DatasetError
+from vla.model.vla import IGNORE_INDEX, Batch
+
+
+@dataclass
+class RawEpisodes:
+    """Everything read from the stores, before tokenization."""
+
+    images: list[np.ndarray]  # per episode uint8 [T, s, s, 3], resized to the model's size
+    states: list[np.ndarray]  # per episode float32 [T, S]
+    actions: list[np.ndarray]  # per episode float32 [T, D]
+    instructions: list[str]
+    targets: list[str]
+    env_args: dict
+    fps: float
+
+    @property
+    def num_steps(self) -> int:
+        return sum(len(a) for a in self.actions)
+
+
+def load_episodes(paths: list[str | Path], image_size: int, image_key: str = "image") -> RawEpisodes:
+    if not paths:
+        raise DatasetError("no dataset given (data.paths is empty)")
+    raw = RawEpisodes([], [], [], [], [], {}, 10.0)
+    for path in paths:
+        with EpisodeReader(path) as reader:
+            if len(reader) == 0:
+                raise DatasetError(f"{path}: holds no episodes")
+            raw.env_args = raw.env_args or reader.env_args
+            for i in range(len(reader)):
+                ep = reader.episode(i, keys=(image_key, "state"))
+                raw.images.append(np.stack([resize_image(f, image_size) for f in ep.observations[image_key]]))
+                raw.states.append(ep.observations["state"].astype(np.float32))
+                raw.actions.append(ep.actions.astype(np.float32))
+                raw.instructions.append(str(ep.attrs.get("instruction", "")))
+                raw.targets.append(str(ep.attrs.get("target", "")))
+                raw.fps = float(ep.attrs.get("fps", raw.fps))
+    dims = {a.shape[1] for a in raw.actions}
+    if len(dims) != 1:
+        raise DatasetError(f"episodes disagree on the action dimension: {sorted(dims)}")
+    return raw
+
+
+def compute_norm_stats(raw: RawEpisodes) -> dict:
+    return {
+        "action": action_statistics(np.concatenate(raw.actions)),
+        "state": action_statistics(np.concatenate(raw.states)),
+    }
+
+
+class DemoDataset(torch.utils.data.Dataset):
+    """Tensors for every time step; `batch(indices)` gathers a model `Batch` without a DataLoader."""
+
+    def __init__(
+        self,
+        raw: RawEpisodes,
+        norm_stats: dict,
+        prompts: PromptTokenizer,
+        actions: ActionTokenizer,
+        chunk_size: int,
+        use_state: bool,
+    ):
+        if actions.dim != raw.actions[0].shape[1]:
+            raise DatasetError(
+                f"the data's actions have {raw.actions[0].shape[1]} dimensions, the model expects {actions.dim}"
+            )
+        self.images = torch.from_numpy(np.concatenate(raw.images))
+        self.states = torch.from_numpy(np.concatenate([normalize_state(s, norm_stats["state"]) for s in raw.states]))
+        prompt_ids, prompt_masks, episode_of_step, chunks, chunk_valid = [], [], [], [], []
+        for e, (instruction, acts) in enumerate(zip(raw.instructions, raw.actions)):
+            ids, mask = prompts(instruction)
+            prompt_ids.append(ids)
+            prompt_masks.append(mask)
+            steps = len(acts)
+            index = np.arange(steps)[:, None] + np.arange(chunk_size)[None, :]  # [T, K]
+            chunks.append(acts[np.minimum(index, steps - 1)])
+            chunk_valid.append(index < steps)
+            episode_of_step.append(np.full(steps, e))
+        self.prompt_ids = torch.from_numpy(np.stack(prompt_ids))
+        self.prompt_mask = torch.from_numpy(np.stack(prompt_masks))
+        self.episode = torch.from_numpy(np.concatenate(episode_of_step))
+        chunk_actions = np.concatenate(chunks)  # [N, K, D]
+        valid = np.concatenate(chunk_valid)  # [N, K]
+        ids = actions.encode(chunk_actions)
+        ids = np.where(valid[..., None], ids, IGNORE_INDEX)
+        self.action_ids = torch.from_numpy(ids.reshape(len(ids), -1))
+        self.chunk_actions = torch.from_numpy(chunk_actions)
+        self.chunk_valid = torch.from_numpy(valid)
+        self.use_state = use_state
+        self.targets = raw.targets
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, indices: torch.Tensor, shift: int = 0, offsets: torch.Tensor | None = None) -> Batch:
+        """Gather samples; with `shift > 0`, translate each image by `offsets - shift` pixels
+        (offsets int [B, 2] in [0, 2 * shift], DrQ-style augmentation)."""
+        images = self.images[indices]
+        if shift:
+            if offsets is None:
+                offsets = torch.randint(0, 2 * shift + 1, (len(indices), 2))
+            images = shift_images(images, shift, offsets)
+        episodes = self.episode[indices]
+        return Batch(
+            images=images,
+            prompt_ids=self.prompt_ids[episodes],
+            prompt_mask=self.prompt_mask[episodes],
+            state=self.states[indices] if self.use_state else None,
+            action_ids=self.action_ids[indices],
+        )
+
+
+def shift_images(images: torch.Tensor, shift: int, offsets: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, H, W, 3]: pad by `shift` with edge pixels, then crop back at `offsets` [B, 2]."""
+    b, h, w, _ = images.shape
+    padded = torch.nn.functional.pad(images.permute(0, 3, 1, 2).float(), (shift,) * 4, mode="replicate")
+    rows = offsets[:, 0, None] + torch.arange(h)[None]  # [B, H]
+    cols = offsets[:, 1, None] + torch.arange(w)[None]  # [B, W]
+    batch_index = torch.arange(b)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch_index, rows[:, :, None], cols[:, None, :]]
+    return out.to(torch.uint8)

@@ -1,0 +1,205 @@
+"""Roll a policy out in simulation: success rate with a Wilson interval, per-target breakdown, videos.
+
+Any `Policy` works (a PyTorch checkpoint, an exported ONNX directory, a remote server). Episodes
+run in W vectorized environments (one process each when W > 1); the policy answers all
+environments that need a new chunk in one batched call.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode
+from tqdm import tqdm
+
+from policies.base import act_batch
+from policies.chunking import ChunkExecutor
+
+DEFAULT_EVAL_SEED = 100_000  # demonstrations use small seeds; evaluation starts far from them
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _env_factory(env_id: str, env_kwargs: dict):
+    def make():
+        import sims  # noqa: F401  (registers the environments in worker processes)
+
+        return gym.make(env_id, **env_kwargs)
+
+    return make
+
+
+def evaluate(
+    policy,
+    env_id: str,
+    episodes: int,
+    seed: int = DEFAULT_EVAL_SEED,
+    env_kwargs: dict | None = None,
+    workers: int = 1,
+    execute: int | None = None,
+    chunk_mode: str = "receding",
+    out_dir: str | Path | None = None,
+    videos: int = 2,
+    progress: bool = True,
+) -> dict:
+    """Run `episodes` episodes with seeds seed, seed+1, ...; returns (and writes) the eval summary."""
+    import sims
+
+    env_id = sims.check_env_id(env_id)
+    env_kwargs = dict(env_kwargs or {})
+    if videos:
+        env_kwargs.setdefault("render_size", max(256, env_kwargs.get("image_size", 128)))
+    factories = [_env_factory(env_id, env_kwargs) for _ in range(min(workers, episodes))]
+    vector_cls = gym.vector.AsyncVectorEnv if len(factories) > 1 else gym.vector.SyncVectorEnv
+    envs = vector_cls(factories, autoreset_mode=AutoresetMode.DISABLED)
+    n_envs = envs.num_envs
+    executors = [ChunkExecutor(chunk_mode, execute) for _ in range(n_envs)]
+
+    seeds = [seed + i for i in range(episodes)]
+    slot_episode = list(range(n_envs))  # which episode each env runs; -1 when idle
+    obs, info = envs.reset(seed=seeds[:n_envs])
+    instructions = list(info["instruction"])
+    targets = list(info["target"])
+    next_episode = n_envs
+    steps = np.zeros(n_envs, int)
+    frames: dict[int, list] = defaultdict(list)
+    results: list[dict] = []
+    policy_seconds, policy_calls = 0.0, 0
+    bar = tqdm(total=episodes, desc=f"eval {env_id}", unit="ep", disable=not progress)
+    policy.reset()
+    try:
+        while len(results) < episodes:
+            active = [i for i in range(n_envs) if slot_episode[i] >= 0]
+            asking = [i for i in active if executors[i].needs_chunk()]
+            if asking:
+                observations = [
+                    {"image": obs["image"][i], "state": obs["state"][i], "prompt": instructions[i]} for i in asking
+                ]
+                start = time.perf_counter()
+                chunks = act_batch(policy, observations)
+                policy_seconds += time.perf_counter() - start
+                policy_calls += 1
+                for i, chunk in zip(asking, chunks):
+                    executors[i].add_chunk(chunk)
+            actions = np.zeros((n_envs, envs.single_action_space.shape[0]), np.float32)
+            for i in active:
+                actions[i] = executors[i].next_action()
+            if any(slot_episode[i] < videos for i in active):
+                rendered = envs.call("render")
+                for i in active:
+                    if slot_episode[i] < videos:
+                        frames[slot_episode[i]].append(rendered[i])
+            obs, _, terminated, truncated, info = envs.step(actions)
+            steps += 1
+            finished = [i for i in active if terminated[i] or truncated[i]]
+            if not finished:
+                continue
+            reset_mask = np.zeros(n_envs, bool)
+            reset_seeds: list[int | None] = [None] * n_envs
+            for i in finished:
+                results.append({
+                    "episode": slot_episode[i],
+                    "seed": seeds[slot_episode[i]],
+                    "success": bool(info["is_success"][i]),
+                    "steps": int(steps[i]),
+                    "instruction": instructions[i],
+                    "target": targets[i],
+                })
+                bar.update(1)
+                if slot_episode[i] < videos:
+                    frames[slot_episode[i]].append(envs.call("render")[i])
+                if next_episode < episodes:
+                    slot_episode[i] = next_episode
+                    reset_mask[i] = True
+                    reset_seeds[i] = seeds[next_episode]
+                    next_episode += 1
+                else:
+                    slot_episode[i] = -1
+                steps[i] = 0
+                executors[i].reset()
+            if reset_mask.any():
+                new_obs, new_info = envs.reset(seed=reset_seeds, options={"reset_mask": reset_mask})
+                for key in obs:
+                    obs[key][reset_mask] = new_obs[key][reset_mask]
+                for i in np.flatnonzero(reset_mask):
+                    instructions[i] = new_info["instruction"][i]
+                    targets[i] = new_info["target"][i]
+    finally:
+        bar.close()
+        envs.close()
+
+    results.sort(key=lambda r: r["episode"])
+    summary = summarize(results)
+    summary.update({
+        "env_id": env_id,
+        "env_kwargs": {k: v for k, v in env_kwargs.items() if k != "render_size"},
+        "first_seed": seed,
+        "policy": dict(getattr(policy, "metadata", {})),
+        "chunk_mode": chunk_mode,
+        "execute": execute,
+        "policy_ms_per_call": 1000 * policy_seconds / max(policy_calls, 1),
+    })
+    if out_dir is not None:
+        summary["videos"] = _write_outputs(summary, frames, results, Path(out_dir), fps=10)
+    return summary
+
+
+def summarize(results: list[dict]) -> dict:
+    n = len(results)
+    successes = sum(r["success"] for r in results)
+    low, high = wilson_interval(successes, n)
+    per_target: dict[str, dict] = {}
+    for target in sorted({r["target"] for r in results}):
+        rows = [r for r in results if r["target"] == target]
+        k = sum(r["success"] for r in rows)
+        per_target[target] = {"episodes": len(rows), "successes": k, "success_rate": k / len(rows),
+                              "ci95": list(wilson_interval(k, len(rows)))}
+    return {
+        "success_rate": successes / n if n else 0.0,
+        "ci95": [low, high],
+        "successes": successes,
+        "num_episodes": n,
+        "mean_steps": float(np.mean([r["steps"] for r in results])) if results else 0.0,
+        "per_target": per_target,
+        "episodes": results,
+    }
+
+
+def _write_outputs(summary: dict, frames: dict, results: list[dict], out_dir: Path, fps: float) -> list[str]:
+    from vla.data.inspect import write_video
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    for episode, episode_frames in sorted(frames.items()):
+        row = results[episode]
+        name = f"episode_{episode:03d}_{'success' if row['success'] else 'failure'}.mp4"
+        write_video(np.stack(episode_frames), out_dir / name, fps=fps, caption=row["instruction"], scale=1)
+        names.append(name)
+    tmp = out_dir / ".eval.json.tmp"
+    tmp.write_text(json.dumps({**summary, "videos": names}, indent=2))
+    tmp.replace(out_dir / "eval.json")
+    return names
+
+
+def format_eval(summary: dict) -> str:
+    low, high = summary["ci95"]
+    lines = [f"{summary['env_id']}: success {summary['successes']}/{summary['num_episodes']} = "
+             f"{summary['success_rate']:.1%} (95% CI {low:.1%}-{high:.1%}), mean {summary['mean_steps']:.1f} steps, "
+             f"policy {summary['policy_ms_per_call']:.1f} ms/call"]
+    for target, row in summary["per_target"].items():
+        lines.append(f"  {target:8s} {row['successes']:3d}/{row['episodes']:<3d} {row['success_rate']:.0%}")
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""Model configuration. Presets live in configs/model/*.yaml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vla.config import find_config, from_dict, load_yaml, merge
+from vla.errors import ConfigError
+
+PROJECTORS = ("linear", "mlp")
+FUSIONS = ("prefix", "cross_attention")
+DECODINGS = ("parallel", "autoregressive")
+
+
+@dataclass
+class VisionConfig:
+    """A timm ViT. `pretrained` is None (random init), a weights file, `local-dir:/path` or `hf-hub:org/name`."""
+
+    name: str = "vit_tiny_patch16_224"
+    image_size: int = 64
+    pretrained: str | None = None
+    # Architecture overrides for from-scratch encoders (ignored keys stay at the timm model's defaults).
+    patch_size: int | None = None
+    width: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    # LLaMA 3.2 Vision concatenates patch features from several blocks; OpenVLA uses [-2].
+    feature_layers: list[int] = field(default_factory=lambda: [-1])
+    # Pixel normalization; None takes the timm model's pretrained config.
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+@dataclass
+class BackboneConfig:
+    """A Llama. With `pretrained` (hub id or local directory) the sizes below are read from it instead."""
+
+    pretrained: str | None = None
+    hidden_size: int = 128
+    intermediate_size: int = 512
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 4
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 512
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 0  # 0 = no LoRA, train the backbone fully
+    alpha: int = 16
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    second_vision: VisionConfig | None = None  # fused channel-wise (OpenVLA's DINOv2 + SigLIP)
+    film: bool = False  # instruction-conditioned vision (OpenVLA-OFT+)
+    projector: str = "mlp"
+    fusion: str = "prefix"
+    cross_attention_every: int = 2  # with fusion=cross_attention: a gated block before every k-th layer
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    decoding: str = "parallel"
+    chunk_size: int = 1  # K future actions predicted per decision
+    action_dim: int = 4  # D; set from the data at training time
+    state_dim: int = 4  # 0 = no proprioceptive token
+    n_bins: int = 256
+    max_prompt_tokens: int = 32
+    text_vocab_size: int = 512  # size of the BPE trained on the instructions (from-scratch backbones)
+
+    def __post_init__(self):
+        for name, value, valid in (
+            ("projector", self.projector, PROJECTORS),
+            ("fusion", self.fusion, FUSIONS),
+            ("decoding", self.decoding, DECODINGS),
+        ):
+            if value not in valid:
+                raise ValueError(f"{name} must be one of {', '.join(valid)}, got {value!r}")
+        if self.chunk_size < 1 or self.action_dim < 1 or self.n_bins < 2:
+            raise ValueError("chunk_size and action_dim must be >= 1 and n_bins >= 2")
+
+    @property
+    def action_tokens(self) -> int:
+        """Tokens per decision: K actions x D dimensions."""
+        return self.chunk_size * self.action_dim
+
+
+def load_model_config(name_or_path: str, overrides: dict | None = None) -> ModelConfig:
+    """A preset by name (`tiny`, `small`, `llama-3.2-1b`) or a YAML path, with a dict of overrides."""
+    data = load_yaml(find_config(name_or_path, "model"))
+    data = merge(data, overrides or {})
+    config = from_dict(ModelConfig, data, "model.")
+    if not isinstance(config, ModelConfig):
+        raise ConfigError(f"{name_or_path}: not a model config")
+    return config
+

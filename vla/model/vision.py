@@ -1,0 +1,121 @@
+"""Vision: timm ViTs returning multi-layer patch features, optional FiLM, and the projector."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn as nn
+
+from vla.errors import CheckpointError
+from vla.model.config import VisionConfig
+
+
+def create_vit(config: VisionConfig) -> nn.Module:
+    """A timm VisionTransformer, randomly initialised or with weights from a file, local dir or hub id."""
+    overrides = {
+        key: value
+        for key, value in (
+            ("patch_size", config.patch_size),
+            ("embed_dim", config.width),
+            ("depth", config.depth),
+            ("num_heads", config.heads),
+        )
+        if value is not None
+    }
+    kwargs = dict(num_classes=0, global_pool="", img_size=config.image_size, **overrides)
+    source = config.pretrained
+    if source is None:
+        model = timm.create_model(config.name, pretrained=False, **kwargs)
+    elif source.startswith(("hf-hub:", "local-dir:")):
+        model = timm.create_model(source, pretrained=True, **kwargs)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise CheckpointError(f"vision weights {path}: no such file")
+        model = timm.create_model(config.name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+    if not hasattr(model, "blocks") or not hasattr(model, "patch_embed"):
+        raise CheckpointError(f"{config.name}: not a ViT (needs .patch_embed and .blocks)")
+    return model
+
+
+class VisionEncoder(nn.Module):
+    """Patch features from several ViT blocks, concatenated channel-wise.
+
+    forward(pixels [B, 3, H, W] float, film [B, F] | None) -> [B, N, len(feature_layers) * width]
+    """
+
+    def __init__(self, config: VisionConfig, film_dim: int = 0):
+        super().__init__()
+        self.vit = create_vit(config)
+        depth = len(self.vit.blocks)
+        self.layers = sorted({i % depth for i in config.feature_layers})
+        if any(not -depth <= i < depth for i in config.feature_layers):
+            raise ValueError(f"feature_layers {config.feature_layers} out of range for a {depth}-block ViT")
+        self.width = self.vit.embed_dim
+        self.out_dim = self.width * len(self.layers)
+        self.num_patches = self.vit.patch_embed.num_patches
+        self.num_prefix = self.vit.num_prefix_tokens
+        pretrained_cfg = self.vit.pretrained_cfg
+        mean = config.mean or list(pretrained_cfg.get("mean", (0.5, 0.5, 0.5)))
+        std = config.std or list(pretrained_cfg.get("std", (0.5, 0.5, 0.5)))
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.film = None
+        if film_dim:
+            # FiLM (OpenVLA-OFT+): per block, the instruction's pooled embedding gives a scale and a
+            # shift of the features. Zero-initialised, so training starts from the plain ViT.
+            self.film = nn.ModuleList(nn.Linear(film_dim, 2 * self.width) for _ in range(self.layers[-1] + 1))
+            for layer in self.film:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    def forward(self, images: torch.Tensor, film: torch.Tensor | None = None) -> torch.Tensor:
+        """images: uint8 [B, H, W, 3]."""
+        x = (images.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        vit = self.vit
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        features = []
+        for i, block in enumerate(vit.blocks[: self.layers[-1] + 1]):
+            x = block(x)
+            if self.film is not None:
+                scale, shift = self.film[i](film).unsqueeze(1).chunk(2, dim=-1)
+                x = x * (1.0 + scale) + shift
+            if i in self.layers:
+                features.append(x[:, self.num_prefix :])
+        return torch.cat(features, dim=-1)
+
+
+class VisionTower(nn.Module):
+    """One or two encoders fused channel-wise, then the projector into the backbone's width.
+
+    forward(images uint8 [B, H, W, 3], film [B, F] | None) -> [B, N, hidden]
+    """
+
+    def __init__(self, primary: VisionConfig, secondary: VisionConfig | None, projector: str, hidden: int, film_dim: int):
+        super().__init__()
+        self.encoders = nn.ModuleList([VisionEncoder(primary, film_dim)])
+        if secondary is not None:
+            second = VisionEncoder(secondary, film_dim)
+            if second.num_patches != self.encoders[0].num_patches:
+                raise ValueError(
+                    f"the two vision encoders give {self.encoders[0].num_patches} and {second.num_patches} "
+                    "patches; channel-wise fusion needs the same grid"
+                )
+            self.encoders.append(second)
+        self.num_tokens = self.encoders[0].num_patches
+        self.projector = build_projector(projector, sum(e.out_dim for e in self.encoders), hidden)
+
+    def forward(self, images: torch.Tensor, film: torch.Tensor | None = None) -> torch.Tensor:
+        features = torch.cat([encoder(images, film) for encoder in self.encoders], dim=-1)
+        return self.projector(features)
+
+
+def build_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
+    """`linear` (LLaMA 3.2 Vision) or `mlp` (OpenVLA's GELU MLP); a LayerNorm first evens out the
+    scales of features taken from different blocks."""
+    if kind == "linear":
+        return nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, out_dim))
+    hidden = max(in_dim, out_dim)
+    return nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))

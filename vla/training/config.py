@@ -1,0 +1,68 @@
+"""Training recipe: YAML in configs/train/, with `--set key=value` overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vla.config import apply_overrides, find_config, from_dict, load_yaml, merge
+from vla.errors import ConfigError
+from vla.model.config import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    paths: list[str] = field(default_factory=list)
+    image_key: str = "image"
+    augment_shift: int = 4  # pixels of random translation; 0 = off
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+
+
+@dataclass
+class EvalDuringTraining:
+    every: int = 0  # evaluate in simulation every this many steps and at the end; 0 = never
+    episodes: int = 10
+    seed: int = 100_000
+    workers: int = 1
+
+
+@dataclass
+class TrainConfig:
+    model_preset: str = "tiny"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalDuringTraining = field(default_factory=EvalDuringTraining)
+    steps: int = 1000
+    batch_size: int = 64  # global batch per optimizer step, across processes and accumulation
+    grad_accum: int = 1
+    seed: int = 0
+    deterministic: bool = False
+    mixed_precision: str = "auto"  # auto: bf16 on a GPU, fp32 on a CPU; or "no", "bf16"
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    log_every: int = 25
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+
+
+def load_train_config(path: str, overrides: list[str] | None = None) -> TrainConfig:
+    """Recipe YAML + dotted overrides -> TrainConfig. The model section is the preset named by
+    `model_preset` with the recipe's `model:` keys on top."""
+    data = apply_overrides(load_yaml(find_config(path, "train")), overrides or [])
+    preset = data.get("model_preset", TrainConfig.model_preset)
+    preset_data = load_yaml(find_config(preset, "model"))
+    data["model"] = merge(preset_data, data.get("model") or {})
+    config = from_dict(TrainConfig, data)
+    if config.mixed_precision not in ("auto", "no", "bf16"):
+        raise ConfigError(f"mixed_precision must be auto, no or bf16, got {config.mixed_precision!r}")
+    if config.steps < 1 or config.batch_size < 1 or config.grad_accum < 1:
+        raise ConfigError("steps, batch_size and grad_accum must be at least 1")
+    return config

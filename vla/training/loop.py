@@ -1,0 +1,293 @@
+"""The training loop: plain PyTorch with accelerate for devices, processes and mixed precision.
+
+Data order and augmentation are functions of (seed, step) alone, so a resumed run, or the same
+global batch split across processes, sees exactly the same samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import load_model
+from tqdm import tqdm
+
+from vla.config import diff, to_dict
+from vla.data.dataset import DemoDataset, compute_norm_stats, load_episodes
+from vla.errors import ConfigError, DatasetError
+from vla.model.text import TOKENIZER_FILE, train_bpe
+from vla.model.vla import VLA, WEIGHTS_FILE
+from vla.training.checkpoints import (
+    latest_checkpoint,
+    load_trainer_state,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
+from vla.training.config import TrainConfig
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class SampleOrder:
+    """An endless stream of sample indices: a fresh permutation per epoch, seeded by (seed, epoch)."""
+
+    def __init__(self, num_samples: int, seed: int):
+        self.num_samples = num_samples
+        self.seed = seed
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._cache:
+            self._cache = {epoch: torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))}
+        return self._cache[epoch]
+
+    def batch(self, step: int, size: int) -> torch.Tensor:
+        positions = range(step * size, (step + 1) * size)
+        return torch.stack([self._permutation(p // self.num_samples)[p % self.num_samples] for p in positions])
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up, then cosine decay to `min_ratio`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """Weight decay on matrices only (nanoGPT's split); frozen parameters (LoRA) are left out."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.optim.lr, betas=tuple(config.optim.betas))
+
+
+@dataclass
+class Prepared:
+    """What the loop needs, built before any step runs (so bad input fails early)."""
+
+    model: VLA
+    dataset: DemoDataset
+    norm_stats: dict
+    tokenizer_file: Path
+    resume_from: Path | None
+    env_args: dict
+
+
+def _text_tokenizer(config: TrainConfig, instructions: list[str], out_dir: Path, resume_from: Path | None) -> Path:
+    path = out_dir / TOKENIZER_FILE
+    if resume_from is not None:
+        return resume_from / TOKENIZER_FILE
+    if config.model.backbone.pretrained:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(config.model.backbone.pretrained).backend_tokenizer.save(str(path))
+    else:
+        train_bpe(instructions, config.model.text_vocab_size).save(str(path))
+    return path
+
+
+def prepare(config: TrainConfig, out_dir: Path) -> Prepared:
+    resume_from = latest_checkpoint(out_dir)
+    trainer_state = None
+    if resume_from is not None:
+        trainer_state = load_trainer_state(resume_from)
+        changed = diff(trainer_state["config"]["model"], to_dict(config.model))
+        if changed:
+            raise ConfigError(
+                f"{out_dir} holds a checkpoint of a different model; refusing to resume. Changed: " + "; ".join(changed)
+            )
+    raw = load_episodes(config.data.paths, config.model.vision.image_size, config.data.image_key)
+    data_dim = raw.actions[0].shape[1]
+    if data_dim != config.model.action_dim:
+        raise DatasetError(
+            f"{config.data.paths[0]}: actions have {data_dim} dimensions but model.action_dim is "
+            f"{config.model.action_dim} (set --set model.action_dim={data_dim})"
+        )
+    state_dim = raw.states[0].shape[1]
+    if config.model.state_dim and state_dim != config.model.state_dim:
+        raise DatasetError(
+            f"{config.data.paths[0]}: obs/state has {state_dim} values but model.state_dim is {config.model.state_dim}"
+        )
+    if resume_from is not None:
+        norm_stats = json.loads((resume_from / "norm_stats.json").read_text())
+    else:
+        norm_stats = compute_norm_stats(raw)
+    tokenizer_file = _text_tokenizer(config, raw.instructions, out_dir, resume_from)
+    meta = {"env_args": raw.env_args, "fps": raw.fps, "train_data": list(config.data.paths)}
+    model = VLA.create(config.model, tokenizer_file, norm_stats, meta=meta)
+    if resume_from is not None:
+        load_model(model, resume_from / WEIGHTS_FILE)
+    dataset = DemoDataset(raw, norm_stats, model.prompt_tokenizer, model.action_tokenizer,
+                          config.model.chunk_size, use_state=bool(config.model.state_dim))
+    return Prepared(model, dataset, norm_stats, tokenizer_file, resume_from, raw.env_args)
+
+
+def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("step", 0) <= up_to_step]
+
+
+def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_at_step: int | None = None,
+          evaluate_fn=None) -> dict:
+    """Train, checkpointing into `out_dir`; resumes if `out_dir` holds a checkpoint.
+
+    `stop_at_step` ends the run early (after checkpointing), as an interruption would.
+    `evaluate_fn(policy_dir, step) -> dict` runs simulation evaluation every `config.eval.every` steps.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    cuda = torch.cuda.is_available()
+    precision = config.mixed_precision if config.mixed_precision != "auto" else ("bf16" if cuda else "no")
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=precision)
+    main = accelerator.is_main_process
+    set_seed(config.seed)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    prep = prepare(config, out_dir)
+    model, dataset = prep.model, prep.dataset
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if config.batch_size % (world * config.grad_accum):
+        raise ConfigError(f"batch_size {config.batch_size} must divide by processes x grad_accum = {world * config.grad_accum}")
+    if main:
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+    optimizer = make_optimizer(model, config)
+    schedule = lambda s: lr_factor(s, config.optim.warmup_steps, config.steps, config.optim.min_lr_ratio)  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    start_step = 0
+    if prep.resume_from is not None:
+        state = load_trainer_state(prep.resume_from)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng_states(state["rng"])
+        start_step = state["step"]
+    # The scheduler stays outside accelerate so it steps once per optimizer step, whatever the process count.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped: VLA = accelerator.unwrap_model(model)
+
+    metrics_path = out_dir / METRICS_FILE
+    history = _read_metrics(metrics_path, start_step) if main else []
+    if main:
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+    writer = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tb"))
+
+    order = SampleOrder(len(dataset), config.seed)
+    shift = config.data.augment_shift
+    mine = torch.arange(config.batch_size)[rank::world]
+    micro_batches = mine.chunk(config.grad_accum)
+    bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="step", disable=not (progress and main))
+    window = {"loss": 0.0, "accuracy": 0.0, "n": 0}
+    window_start = time.perf_counter()
+    train_start = time.perf_counter()
+    samples_done = 0
+    last = {}
+    model.train()
+    for step in range(start_step, config.steps):
+        indices = order.batch(step, config.batch_size)
+        step_generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        offsets = torch.randint(0, 2 * shift + 1, (config.batch_size, 2), generator=step_generator)
+        for j, micro in enumerate(micro_batches):
+            batch = dataset.batch(indices[micro], shift, offsets[micro]).to(accelerator.device)
+            sync = contextlib.nullcontext() if j == len(micro_batches) - 1 else accelerator.no_sync(model)
+            with sync, accelerator.autocast():
+                out = model(batch)
+                accelerator.backward(out["loss"] / config.grad_accum)
+            window["loss"] += out["loss"].item() / len(micro_batches)
+            window["accuracy"] += out["accuracy"].item() / len(micro_batches)
+        if config.optim.grad_clip:
+            accelerator.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        window["n"] += 1
+        samples_done += config.batch_size
+        done = step + 1
+
+        if done % config.log_every == 0 or done == config.steps:
+            elapsed = time.perf_counter() - window_start
+            row = {
+                "step": done,
+                "loss": window["loss"] / window["n"],
+                "accuracy": window["accuracy"] / window["n"],
+                "l1": _decoded_l1(unwrapped, dataset, batch, out["predicted_ids"], indices[micro_batches[-1]]),
+                "lr": scheduler.get_last_lr()[0],
+                "samples_per_s": window["n"] * config.batch_size / max(elapsed, 1e-9),
+                "elapsed_s": time.perf_counter() - train_start,
+            }
+            last = row
+            if main:
+                _log(row, metrics_path, writer, bar)
+            window = {"loss": 0.0, "accuracy": 0.0, "n": 0}
+            window_start = time.perf_counter()
+        bar.update(1)
+
+        final = done == config.steps
+        interrupted = stop_at_step is not None and done >= stop_at_step
+        if done % config.checkpoint_every == 0 or final or interrupted:
+            accelerator.wait_for_everyone()
+            if main:
+                state = {
+                    "step": done,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng_states(),
+                    "config": to_dict(config),
+                }
+                checkpoint = save_checkpoint(out_dir, done, unwrapped, state, config.keep_checkpoints)
+                if evaluate_fn and config.eval.every and (done % config.eval.every == 0 or final):
+                    result = evaluate_fn(checkpoint, done)
+                    _log({"step": done, **{f"eval_{k}": v for k, v in result.items()}}, metrics_path, writer, None)
+                    model.train()
+        if interrupted and not final:
+            bar.close()
+            return {"stopped_at": done}
+    bar.close()
+    wall = time.perf_counter() - train_start
+    summary = {**last, "steps": config.steps, "resumed_from": start_step, "train_wall_s": wall,
+               "mean_samples_per_s": samples_done / max(wall, 1e-9)}
+    if main:
+        unwrapped.eval()
+        unwrapped.save_pretrained(out_dir / "policy")
+        (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        writer.close()
+    return summary
+
+
+def _decoded_l1(model: VLA, dataset: DemoDataset, batch, predicted_ids: torch.Tensor, indices: torch.Tensor) -> float:
+    """Mean absolute error of the decoded predicted actions against the demonstrated ones."""
+    k, d = model.config.chunk_size, model.config.action_dim
+    predicted = model.action_tokenizer.decode(predicted_ids.detach().cpu().numpy().reshape(-1, k, d))
+    truth = dataset.chunk_actions[indices].numpy()
+    valid = dataset.chunk_valid[indices].numpy()
+    return float(np.abs(predicted - truth)[valid].mean())
+
+
+def _log(row: dict, path: Path, writer, bar) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    for key, value in row.items():
+        if key != "step" and isinstance(value, (int, float)):
+            writer.add_scalar(key.replace("eval_", "eval/"), value, row["step"])
+    if bar is not None:
+        bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}", l1=f"{row['l1']:.3f}")
