@@ -9,10 +9,12 @@ Observation dict:
     state        float32 [4]      tool centre point x, y, z (m), gripper opening (m)
 
 `info` holds `instruction`, `target` (the named object's colour), `task` and `is_success`.
+`reset(seed=s, options={"target": "red"})` keeps seed s's layout but names the given object.
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import sys
@@ -40,6 +42,19 @@ from sims.tasks import LAYOUTS, TASKS, Layout
 
 STATE_DIM = 4
 ACTION_DIM = 4
+
+
+def _close_at_exit(renderer: mujoco.Renderer) -> None:
+    """Free the GL context before MuJoCo's own exit handler tears EGL down (exit handlers run last
+    registered, first run); freed later, during interpreter teardown, it prints EGL errors."""
+    ref = weakref.ref(renderer)
+
+    def close() -> None:
+        live = ref()
+        if live is not None:
+            live.close()
+
+    atexit.register(close)
 
 
 class TabletopEnv(gym.Env):
@@ -133,6 +148,11 @@ class TabletopEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self._layout = self.task.sample_layout(self.np_random, self.colors, self.layout_kind)
+        target = (options or {}).get("target")
+        if target is not None:
+            if target not in self.colors:
+                raise ValueError(f"options['target'] must be one of {self.colors}, got {target!r}")
+            self._layout = dataclasses.replace(self._layout, target=target)
         mujoco.mj_resetData(self.model, self.data)
         for color in self.colors:
             adr = self._cube_qpos[color]
@@ -204,9 +224,7 @@ class TabletopEnv(gym.Env):
         renderer = self._renderers.get(size)
         if renderer is None:
             renderer = self._renderers[size] = mujoco.Renderer(self.model, size, size)
-            # Free the GL context at exit while EGL is still loaded; freeing it later, during
-            # interpreter teardown, prints EGL errors.
-            weakref.finalize(self, renderer.close)
+            _close_at_exit(renderer)
             flags = renderer.scene.flags
             flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
             flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False

@@ -162,13 +162,15 @@ def make_expert(env) -> Expert:
     return EXPERTS[env.unwrapped.task.name](env)
 
 
-def run_episode(env, expert: Expert, seed: int, noise: float = 0.0, rng: np.random.Generator | None = None):
+def run_episode(env, expert: Expert, seed: int, noise: float = 0.0, rng: np.random.Generator | None = None,
+                options: dict | None = None):
     """Roll out one episode; yields (observation, expert_action, reward, terminated, truncated, info) per step.
 
     With `noise > 0` the executed action is the expert's plus Gaussian noise, while the yielded label
     stays the expert's clean action (DART), so demonstrations show how to recover from small errors.
+    `options` goes to env.reset (e.g. {"target": "red"}).
     """
-    obs, info = env.reset(seed=seed)
+    obs, info = env.reset(seed=seed, options=options)
     expert.reset()
     rng = rng or np.random.default_rng(seed)
     while True:

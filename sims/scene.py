@@ -91,7 +91,7 @@ def build_scene_xml(spec: SceneSpec) -> str:
       <geom name="zone" type="cylinder" size="{ZONE_RADIUS} 0.0005" rgba="0.95 0.95 0.95 {zone_alpha}"
             contype="0" conaffinity="0"/>
     </body>
-    <camera name="front" pos="0 -0.52 0.50" xyaxes="1 0 0 0 0.72 0.69" fovy="42"/>
+    <camera name="front" pos="0 -0.22 0.75" xyaxes="1 0 0 0 0.96 0.281" fovy="38"/>
     <body name="gripper" pos="0 0 {HOME_TCP_Z + PALM_HEIGHT}" gravcomp="1">
       <joint name="slide_x" type="slide" axis="1 0 0" damping="5"/>
       <joint name="slide_y" type="slide" axis="0 1 0" damping="5"/>

@@ -70,7 +70,7 @@ class Task(abc.ABC):
             object_yaw={c: float(rng.uniform(-np.pi / 6, np.pi / 6)) for c in order},
             target=str(rng.choice(order)),
             zone_xy=zone_xy,
-            tcp_start=np.array([rng.uniform(-0.08, 0.08), rng.uniform(-0.12, -0.04), rng.uniform(0.16, 0.22)]),
+            tcp_start=np.array([rng.uniform(-0.18, 0.18), rng.uniform(-0.16, 0.0), rng.uniform(0.12, 0.24)]),
             phrasing=int(rng.integers(len(self.phrasings))),
         )
 

@@ -49,6 +49,7 @@ def cmd_collect(args) -> int:
         noise=args.noise,
         env_kwargs=_parse_env_kwargs(args.env_kw),
         append=args.append,
+        all_targets=args.all_targets,
     )
     print(
         f"wrote {summary['episodes_written']} episodes to {summary['out']} "
@@ -82,6 +83,112 @@ def cmd_data_video(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from vla.training.config import load_train_config
+    from vla.training.loop import train
+
+    config = load_train_config(args.config, args.set)
+    evaluate_fn = None
+    if config.eval.every:
+        evaluate_fn = _training_evaluator(config, Path(args.out))
+    summary = train(config, args.out, evaluate_fn=evaluate_fn)
+    print(f"trained {summary['steps']} steps in {summary['train_wall_s']:.0f} s "
+          f"({summary['mean_samples_per_s']:.0f} samples/s): loss {summary.get('loss', float('nan')):.3f}, "
+          f"token accuracy {summary.get('accuracy', float('nan')):.3f}; policy in {Path(args.out) / 'policy'}")
+    return 0
+
+
+def _training_evaluator(config, out_dir: Path):
+    def evaluate_checkpoint(checkpoint: Path, step: int) -> dict:
+        from vla.evaluation import evaluate
+        from vla.policy import TorchPolicy
+
+        policy = TorchPolicy(checkpoint)
+        env_args = policy.metadata["env_args"]
+        result = evaluate(policy, env_args["env_name"], config.eval.episodes, seed=config.eval.seed,
+                          env_kwargs=env_args.get("env_kwargs", {}), workers=config.eval.workers,
+                          out_dir=out_dir / "eval" / f"step_{step:06d}", videos=1, progress=False)
+        return {"success_rate": result["success_rate"], "ci95_low": result["ci95"][0], "ci95_high": result["ci95"][1]}
+
+    return evaluate_checkpoint
+
+
+def cmd_eval(args) -> int:
+    from vla.evaluation import DEFAULT_EVAL_SEED, evaluate, format_eval
+    from vla.policy import load_policy
+
+    policy = load_policy(args.policy, device=args.device)
+    env_args = policy.metadata.get("env_args", {})
+    env_id = _valid_env_id(args.task or env_args.get("env_name") or _missing("--task"))
+    env_kwargs = dict(env_args.get("env_kwargs", {})) if env_args.get("env_name") == env_id else {}
+    env_kwargs.update(_parse_env_kwargs(args.env_kw))
+    summary = evaluate(policy, env_id, args.episodes, seed=args.seed if args.seed is not None else DEFAULT_EVAL_SEED,
+                       env_kwargs=env_kwargs, workers=args.workers, execute=args.execute, chunk_mode=args.chunk_mode,
+                       out_dir=args.out, videos=args.videos)
+    print(format_eval(summary))
+    print(f"wrote {Path(args.out) / 'eval.json'}")
+    return 0
+
+
+def _missing(flag: str):
+    raise VLAError(f"{flag} is needed: the policy does not record which task it was trained on")
+
+
+def cmd_export(args) -> int:
+    from vla.export import export
+
+    meta = export(args.checkpoint, args.out, fp16=args.fp16, parity_inputs=args.parity_inputs, overwrite=args.overwrite)
+    parity = meta["parity"]
+    print(f"exported {meta['decoding']} decoding to {args.out}: {', '.join(meta['files'])}; parity on "
+          f"{parity['inputs']} inputs: {parity['mismatched_tokens']}/{parity['tokens']} tokens differ, "
+          f"max logit difference {parity['max_logit_diff']:.1e}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from vla.bench import bench, format_table
+
+    rows = bench(args.path, iters=args.iters, batch=args.batch)
+    print(format_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_deploy(args) -> int:
+    from vla.deploy import deploy
+
+    if bool(args.policy) == bool(args.server):
+        raise VLAError("give exactly one of --policy (in-process) or --server (ws://host:port)")
+    summary = deploy(policy_path=args.policy, server=args.server, api_key=args.api_key, env_id=args.sim,
+                     rate_hz=args.rate, episodes=args.episodes, seed=args.seed, realtime=args.realtime,
+                     execute=args.execute, chunk_mode=args.chunk_mode, device=args.device,
+                     max_delta=args.max_delta, out=args.out)
+    from vla.deploy import format_deploy
+
+    print(format_deploy(summary))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from policies.server import serve
+    from vla.policy import load_policy
+
+    policy = load_policy(args.policy, device=args.device)
+    serve(policy, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("VLA_API_KEY"),
+          max_message_bytes=args.max_message_mb * 1024 * 1024, batch_window_ms=args.batch_window_ms)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from vla.demo import run_demo
+
+    run_demo(out=Path(args.out), force=args.force, episodes=args.episodes, eval_episodes=args.eval_episodes,
+             steps=args.steps)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vla", description="Vision-language-action policies: collect, train, eval, export, deploy.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise on executed actions (DART)")
     p.add_argument("--keep-failures", action="store_true")
+    p.add_argument("--all-targets", action="store_true",
+                   help="demonstrate every layout once per object, each instruction naming another one")
     p.add_argument("--env-kw", action="append", metavar="KEY=VALUE", help="environment keyword argument")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--overwrite", action="store_true")
@@ -110,6 +219,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episode", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_data_video)
+
+    p = sub.add_parser("train", help="train a VLA from demonstrations (resumes from --out if it holds a checkpoint)")
+    p.add_argument("--config", required=True, help="recipe name (configs/train/NAME.yaml) or YAML path")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="roll a checkpoint or exported policy out in simulation")
+    p.add_argument("--policy", required=True, help="checkpoint, training run or exported directory")
+    p.add_argument("--task", help="environment id (default: the one the policy was trained on)")
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--seed", type=int, default=None, help="first seed (default 100000, away from demonstration seeds)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--execute", type=int, default=None, help="actions run per chunk (receding horizon; default all)")
+    p.add_argument("--chunk-mode", choices=["receding", "ensemble"], default="receding")
+    p.add_argument("--videos", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--env-kw", action="append", metavar="KEY=VALUE")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="ONNX export with a parity check against PyTorch")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    p.add_argument("--fp16", action="store_true")
+    p.add_argument("--parity-inputs", type=int, default=32)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="latency: PyTorch eager vs onnxruntime, parallel vs autoregressive")
+    p.add_argument("path", help="checkpoint, training run or exported directory")
+    p.add_argument("--json")
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--batch", type=int, default=1)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("deploy", help="run the control loop against a simulated robot")
+    p.add_argument("--policy", help="exported (or checkpoint) directory, run in-process")
+    p.add_argument("--server", help="ws://host:port of a policy server")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--sim", required=True, help="environment id, e.g. sims/Reach-v0")
+    p.add_argument("--rate", type=float, default=10.0, help="control rate in Hz")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=200_000)
+    p.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True,
+                   help="sleep to hold the rate (default); --no-realtime runs as fast as the policy allows")
+    p.add_argument("--execute", type=int, default=None)
+    p.add_argument("--chunk-mode", choices=["receding", "ensemble"], default="receding")
+    p.add_argument("--max-delta", type=float, default=None, help="safety: largest change of an action per step")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="write deploy.json here")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("serve", help="websocket policy server (openpi's protocol)")
+    p.add_argument("policy")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="required from clients (or set VLA_API_KEY)")
+    p.add_argument("--max-message-mb", type=int, default=16)
+    p.add_argument("--batch-window-ms", type=float, default=0.0, help="micro-batch requests arriving this close together")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="the whole pipeline on the default task, on a CPU, with a report")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--force", action="store_true", help="redo stages whose output exists")
+    p.add_argument("--episodes", type=int, default=None, help="demonstrations to collect")
+    p.add_argument("--eval-episodes", type=int, default=50)
+    p.add_argument("--steps", type=int, default=None, help="training steps")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

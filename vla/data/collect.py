@@ -43,15 +43,18 @@ def _make(job: CollectionJob):
     return _worker_cache[key]
 
 
-def rollout(job: CollectionJob, seed: int) -> Episode:
-    """One expert episode with the given seed."""
+def rollout(job: CollectionJob, seed: int, target: str | None = None) -> Episode:
+    """One expert episode with the given seed (and, optionally, the object the instruction names)."""
     from sims.experts import run_episode
 
     env, expert = _make(job)
     frames: dict[str, list] = {}
     actions, rewards, dones = [], [], []
     info = {}
-    for obs, action, reward, terminated, truncated, info in run_episode(env, expert, seed, noise=job.noise):
+    options = {"target": target} if target else None
+    rng = np.random.default_rng([seed, *(ord(c) for c in target or "")])
+    for obs, action, reward, terminated, truncated, info in run_episode(env, expert, seed, noise=job.noise, rng=rng,
+                                                                         options=options):
         for key, value in obs.items():
             frames.setdefault(key, []).append(value)
         actions.append(action)
@@ -75,6 +78,11 @@ def rollout(job: CollectionJob, seed: int) -> Episode:
     )
 
 
+def _object_colors(env_id: str, env_kwargs: dict) -> list[str]:
+    env, _ = _make(CollectionJob(env_id, env_kwargs))
+    return list(env.unwrapped.colors)
+
+
 def _rollout_star(args) -> Episode:
     return rollout(*args)
 
@@ -91,8 +99,14 @@ def collect(
     append: bool = False,
     progress: bool = True,
     max_attempts_factor: int = 4,
+    all_targets: bool = False,
 ) -> dict:
-    """Write `episodes` expert episodes to `out`; returns a summary dict."""
+    """Write `episodes` expert episodes to `out`; returns a summary dict.
+
+    With `all_targets`, every layout (seed) is demonstrated once per object, each episode's
+    instruction naming a different one: the same first image with different instructions and
+    different actions, which teaches a policy to read the instruction.
+    """
     import sims
 
     env_id = sims.check_env_id(env_id)
@@ -101,6 +115,7 @@ def collect(
     job = CollectionJob(env_id=env_id, env_kwargs=dict(env_kwargs or {}), noise=noise)
     env_args = {"env_name": env_id, "env_kwargs": job.env_kwargs, "noise": noise}
     written = failures = attempts = 0
+    targets = _object_colors(env_id, job.env_kwargs) if all_targets else []
     with EpisodeWriter(out, env_args=env_args, append=append) as writer:
         if seed is None:
             seed = max(writer.existing_seeds(), default=-1) + 1
@@ -113,8 +128,9 @@ def collect(
                     raise DatasetError(
                         f"{env_id}: only {written} of {episodes} episodes succeeded in {attempts} attempts"
                     )
-                batch = [(job, s) for s in range(next_seed, next_seed + max(workers * 2, 1))]
-                next_seed += len(batch)
+                seeds = range(next_seed, next_seed + max(workers * 2, 1))
+                next_seed += len(seeds)
+                batch = [(job, s, t) for s in seeds for t in (targets if all_targets else [None])]
                 results = pool.imap(_rollout_star, batch) if pool else map(_rollout_star, batch)
                 for episode in results:
                     attempts += 1

@@ -43,7 +43,7 @@ def create_vit(config: VisionConfig) -> nn.Module:
 class VisionEncoder(nn.Module):
     """Patch features from several ViT blocks, concatenated channel-wise.
 
-    forward(pixels [B, 3, H, W] float, film [B, F] | None) -> [B, N, len(feature_layers) * width]
+    forward(images uint8 [B, H, W, 3], film [B, F] | None) -> [B, N, len(feature_layers) * width]
     """
 
     def __init__(self, config: VisionConfig, film_dim: int = 0):
@@ -64,9 +64,11 @@ class VisionEncoder(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.film = None
         if film_dim:
-            # FiLM (OpenVLA-OFT+): per block, the instruction's pooled embedding gives a scale and a
-            # shift of the features. Zero-initialised, so training starts from the plain ViT.
-            self.film = nn.ModuleList(nn.Linear(film_dim, 2 * self.width) for _ in range(self.layers[-1] + 1))
+            # FiLM (OpenVLA-OFT+): the instruction's pooled embedding gives a scale and a shift of the
+            # features, on the patch embeddings and after every block. Conditioning the patch embeddings
+            # (which are linear in the pixels) lets the instruction pick out a colour before any block
+            # has mixed the patches. Zero-initialised, so training starts from the plain ViT.
+            self.film = nn.ModuleList(nn.Linear(film_dim, 2 * self.width) for _ in range(self.layers[-1] + 2))
             for layer in self.film:
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
@@ -76,15 +78,20 @@ class VisionEncoder(nn.Module):
         x = (images.permute(0, 3, 1, 2).float() - self.mean) / self.std
         vit = self.vit
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        x = self._modulate(x, film, 0)
         features = []
         for i, block in enumerate(vit.blocks[: self.layers[-1] + 1]):
-            x = block(x)
-            if self.film is not None:
-                scale, shift = self.film[i](film).unsqueeze(1).chunk(2, dim=-1)
-                x = x * (1.0 + scale) + shift
+            x = self._modulate(block(x), film, i + 1)
             if i in self.layers:
                 features.append(x[:, self.num_prefix :])
         return torch.cat(features, dim=-1)
+
+
+    def _modulate(self, x: torch.Tensor, film: torch.Tensor | None, index: int) -> torch.Tensor:
+        if self.film is None:
+            return x
+        scale, shift = self.film[index](film).unsqueeze(1).chunk(2, dim=-1)
+        return x * (1.0 + scale) + shift
 
 
 class VisionTower(nn.Module):

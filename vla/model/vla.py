@@ -112,6 +112,9 @@ class VLA(nn.Module):
             )
         self.vision = VisionTower(config.vision, config.second_vision, config.projector, hidden,
                                   film_dim=hidden if config.film else 0)
+        # The pooled prompt embedding is normalized before FiLM: raw, it is dominated by the template
+        # words every prompt shares, and the instruction's few words would barely move the ViT.
+        self.film_norm = nn.LayerNorm(hidden) if config.film else None
         self.state_proj = nn.Linear(config.state_dim, hidden) if config.state_dim else None
         self.action_queries = (
             nn.Parameter(torch.randn(config.action_tokens, hidden) * 0.02) if config.decoding == "parallel" else None
@@ -232,7 +235,7 @@ class VLA(nn.Module):
         film = None
         if self.config.film:
             weights = prompt_valid.unsqueeze(-1).to(prompt.dtype)
-            film = (prompt * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+            film = self.film_norm((prompt * weights).sum(1) / weights.sum(1).clamp(min=1.0))
         image_tokens = self.vision(batch.images, film)
         parts = [self.embed_tokens(torch.full((b, 1), self.bos_id, device=prompt.device))]
         memory = None

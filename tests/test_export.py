@@ -1,0 +1,121 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from helpers import make_model, observation, sharpen
+from policies.onnx_policy import OnnxPolicy, PolicyLoadError
+from vla.export import ExportError, check_parity, export
+from vla.policy import TorchPolicy
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny parallel-decoding checkpoint and its export, shared by the tests below."""
+    root = tmp_path_factory.mktemp("export")
+    model = make_model(root)
+    model.save_pretrained(root / "ckpt")
+    meta = export(root / "ckpt", root / "onnx", parity_inputs=32)
+    return root, meta
+
+
+def test_parallel_export_writes_graph_metadata_and_passes_parity(exported):
+    root, meta = exported
+    assert sorted(p.name for p in (root / "onnx").iterdir()) == ["model.onnx", "policy.json", "tokenizer.json"]
+    assert meta["parity"]["inputs"] >= 32 and meta["parity"]["mismatched_tokens"] == 0
+    assert meta["parity"]["max_logit_diff"] < 1e-4
+    saved = json.loads((root / "onnx" / "policy.json").read_text())
+    for key in ("image_size", "chunk_size", "action_dim", "norm_stats", "control_hz", "decoding", "action_low"):
+        assert key in saved
+
+
+def test_onnx_policy_matches_the_pytorch_policy(exported):
+    root, _ = exported
+    torch_policy, onnx_policy = TorchPolicy(root / "ckpt", device="cpu"), OnnxPolicy(root / "onnx", device="cpu")
+    observations = [observation(i, prompt=p) for i, p in enumerate(["reach the red cube", "go to the red block"] * 4)]
+    np.testing.assert_array_equal(torch_policy.act_batch(observations), onnx_policy.act_batch(observations))
+    np.testing.assert_array_equal(torch_policy.act(observations[0]), onnx_policy.act(observations[0]))
+    assert onnx_policy.act(observations[0]).shape == (2, 4)
+
+
+@pytest.mark.parametrize("fusion", ["prefix", "cross_attention"])
+def test_autoregressive_export_with_kv_cache_matches_pytorch(tmp_path, fusion):
+    model = make_model(tmp_path, decoding="autoregressive", fusion=fusion)
+    sharpen(model, 5.0)
+    model.save_pretrained(tmp_path / "ckpt")
+    meta = export(tmp_path / "ckpt", tmp_path / "onnx", parity_inputs=8)
+    assert meta["files"] == ["prefill.onnx", "decode.onnx"] and meta["parity"]["mismatched_tokens"] == 0
+    observations = [observation(i) for i in range(3)]
+    np.testing.assert_array_equal(TorchPolicy(tmp_path / "ckpt", device="cpu").act_batch(observations),
+                                  OnnxPolicy(tmp_path / "onnx", device="cpu").act_batch(observations))
+
+
+def test_parity_check_fails_loudly_on_a_different_model(exported, tmp_path):
+    root, _ = exported
+    other = make_model(tmp_path, seed=1)
+    with pytest.raises(ExportError, match="parity check failed"):
+        check_parity(other, root / "onnx", num_inputs=4, fp16=False)
+
+
+def test_policies_import_and_run_without_torch(exported):
+    root, _ = exported
+    script = textwrap.dedent(f"""
+        import sys
+        for name in ("torch", "transformers", "timm", "peft", "accelerate"):
+            sys.modules[name] = None   # any import of these now fails
+        import numpy as np
+        import policies
+        from policies import OnnxPolicy, ControlLoop, RemotePolicy, SafetyFilter
+        policy = OnnxPolicy({str(root / "onnx")!r}, device="cpu")
+        obs = {{"image": np.zeros((32, 32, 3), np.uint8), "state": np.zeros(4, np.float32), "prompt": "reach the red cube"}}
+        print(policy.act(obs).shape)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert result.returncode == 0, result.stderr
+    assert "(2, 4)" in result.stdout
+    assert "on CPU" in result.stderr and result.stderr.count("\n") <= 2  # one line, no provider error spam
+
+
+def test_exported_directory_problems_are_named(exported, tmp_path):
+    import shutil
+
+    root, _ = exported
+    broken = tmp_path / "broken"
+    shutil.copytree(root / "onnx", broken)
+    (broken / "model.onnx").unlink()
+    with pytest.raises(PolicyLoadError, match="missing model.onnx"):
+        OnnxPolicy(broken, device="cpu")
+    shutil.copyfile(root / "onnx" / "model.onnx", broken / "model.onnx")
+    meta = json.loads((broken / "policy.json").read_text())
+    meta["image_size"] = 48
+    (broken / "policy.json").write_text(json.dumps(meta))
+    with pytest.raises(PolicyLoadError, match="48"):
+        OnnxPolicy(broken, device="cpu")
+    with pytest.raises(PolicyLoadError, match="policy.json"):
+        OnnxPolicy(tmp_path, device="cpu")
+
+
+def test_bad_observations_are_refused_or_resized_with_a_warning(exported):
+    root, _ = exported
+    policy = OnnxPolicy(root / "onnx", device="cpu", verbose=False)
+    obs = observation(0)
+    with pytest.raises(ValueError, match="4 values"):
+        policy.act({**obs, "state": np.zeros(6, np.float32)})
+    with pytest.raises(ValueError, match="uint8"):
+        policy.act({**obs, "image": obs["image"].astype(np.float32)})
+    with pytest.raises(ValueError, match="prompt"):
+        policy.act({k: v for k, v in obs.items() if k != "prompt"})
+    with pytest.warns(UserWarning, match="resizing 96x96"):
+        actions = policy.act({**obs, "image": np.zeros((96, 96, 3), np.uint8)})
+    assert actions.shape == (2, 4)
+
+
+def test_export_refuses_a_non_empty_output_directory(exported):
+    root, _ = exported
+    with pytest.raises(ExportError, match="--overwrite"):
+        export(root / "ckpt", root / "onnx")

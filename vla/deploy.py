@@ -1,0 +1,92 @@
+"""`vla deploy`: the control loop against a simulated robot, in-process or through a policy server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from policies.control_loop import ControlLoop
+from policies.safety import SafetyFilter
+from policies.sim_robot import SimRobot
+from vla.evaluation import summarize
+
+
+def deploy(env_id: str, rate_hz: float, episodes: int, seed: int = 200_000, policy_path: str | None = None,
+           server: str | None = None, api_key: str | None = None, realtime: bool = True, execute: int | None = None,
+           chunk_mode: str = "receding", device: str = "auto", max_delta: float | None = None,
+           out: str | Path | None = None, policy=None) -> dict:
+    """Run `episodes` episodes through ControlLoop; returns success and latency statistics."""
+    import sims
+
+    env_id = sims.check_env_id(env_id)
+    if policy is None:
+        if server:
+            from policies.remote import RemotePolicy
+
+            policy = RemotePolicy(server, api_key=api_key)
+        else:
+            from vla.policy import load_policy
+
+            policy = load_policy(policy_path, device=device)
+    meta = policy.metadata
+    env_args = meta.get("env_args", {})
+    env_kwargs = dict(env_args.get("env_kwargs", {})) if env_args.get("env_name") == env_id else {}
+    env = gym.make(env_id, **env_kwargs)
+    action_dim = env.action_space.shape[0]
+    low = meta.get("action_low", env.action_space.low.tolist())
+    high = meta.get("action_high", env.action_space.high.tolist())
+    # The robot's own limits bound whatever the data's range says.
+    low = np.maximum(np.asarray(low, np.float32)[:action_dim], env.action_space.low)
+    high = np.minimum(np.asarray(high, np.float32)[:action_dim], env.action_space.high)
+    robot = SimRobot(env, seed=seed)
+    results, loop_rows = [], []
+    with ControlLoop(policy, robot, rate_hz=rate_hz, safety=SafetyFilter(low, high, max_delta), chunk_mode=chunk_mode,
+                     execute=execute, realtime=realtime) as loop:
+        for i in range(episodes):
+            robot.reset(seed + i)
+            report = loop.run(until=lambda: robot.done)
+            loop_rows.append(report)
+            results.append({"episode": i, "seed": seed + i, "success": robot.success, "steps": robot.steps,
+                            "instruction": robot.instruction, "target": robot.info.get("target", ""),
+                            "stop_reason": report.stop_reason})
+    env.close()
+    summary = summarize(results)
+    step_ms = [ms for r in loop_rows for ms in r.step_ms]
+    policy_ms = [ms for r in loop_rows for ms in r.policy_ms]
+    summary.update({
+        "env_id": env_id,
+        "rate_hz": rate_hz,
+        "realtime": realtime,
+        "policy": {k: v for k, v in meta.items() if k not in ("env_args",)},
+        "step_p50_ms": float(np.percentile(step_ms, 50)) if step_ms else 0.0,
+        "step_p99_ms": float(np.percentile(step_ms, 99)) if step_ms else 0.0,
+        "policy_p50_ms": float(np.percentile(policy_ms, 50)) if policy_ms else 0.0,
+        "policy_p99_ms": float(np.percentile(policy_ms, 99)) if policy_ms else 0.0,
+        "steps_total": len(step_ms),
+        "missed_deadlines": sum(r.missed_deadlines for r in loop_rows),
+        "holds": sum(r.holds for r in loop_rows),
+        "safe_stops": sum(r.safe_stop for r in loop_rows),
+        "clamped": sum(r.clamped for r in loop_rows),
+        "rate_limited": sum(r.rate_limited for r in loop_rows),
+    })
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "deploy.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def format_deploy(s: dict) -> str:
+    low, high = s["ci95"]
+    return "\n".join([
+        f"{s['env_id']} at {s['rate_hz']:g} Hz ({'real time' if s['realtime'] else 'as fast as possible'}), "
+        f"{s['policy'].get('runtime', '?')} on {s['policy'].get('device', '?')}",
+        f"  success        {s['successes']}/{s['num_episodes']} = {s['success_rate']:.1%} (95% CI {low:.1%}-{high:.1%})",
+        f"  step latency   p50 {s['step_p50_ms']:.2f} ms, p99 {s['step_p99_ms']:.2f} ms over {s['steps_total']} steps",
+        f"  policy calls   p50 {s['policy_p50_ms']:.2f} ms, p99 {s['policy_p99_ms']:.2f} ms",
+        f"  missed deadlines {s['missed_deadlines']}, holds {s['holds']}, safe stops {s['safe_stops']}, "
+        f"clamped {s['clamped']}, rate-limited {s['rate_limited']}",
+    ])

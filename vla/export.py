@@ -1,0 +1,293 @@
+"""ONNX export with a parity check against PyTorch.
+
+Parallel decoding exports one graph:
+
+    model.onnx   (images uint8 [B,H,W,3], prompt_ids int64 [B,L], prompt_mask int64 [B,L], state float32 [B,S])
+                 -> action_ids int64 [B, K*D] (argmax inside the graph), action_logits float32 [B, K*D, n_bins]
+
+Autoregressive decoding exports a prefill graph and a decode-step graph with the KV cache as flat
+tensors (past_key_i / past_value_i [B, kv_heads, T, head_dim] for each layer i):
+
+    prefill.onnx (images, prompt_ids, prompt_mask, state)
+                 -> logits [B, n_bins], token int64 [B], valid int64 [B, P], position int64 [B, 1],
+                    present_key_i, present_value_i, (memory [B, N, H] with cross-attention fusion)
+    decode.onnx  (token int64 [B, 1], position int64 [B, 1], valid int64 [B, T+1], past_key_i, past_value_i, (memory))
+                 -> logits [B, n_bins], token int64 [B], present_key_i, present_value_i
+
+Beside them: policy.json (preprocessing, action dims and bounds, chunk size, normalization
+statistics, control rate, decoding) and tokenizer.json. The export fails if onnxruntime's action
+tokens differ from PyTorch's on any of the parity inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from transformers import DynamicCache
+
+from policies.preprocess import PROMPT_TEMPLATE
+from vla.errors import VLAError
+from vla.model.text import TOKENIZER_FILE
+from vla.model.vla import VLA, Batch
+
+POLICY_FILE = "policy.json"
+FORMAT_VERSION = 1
+OPSET = 18
+
+
+class ExportError(VLAError):
+    pass
+
+
+# ---------------------------------------------------------------------------- graph modules
+
+
+class ParallelGraph(nn.Module):
+    def __init__(self, model: VLA):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, prompt_ids, prompt_mask, state=None):
+        logits = self.model.action_logits_for(Batch(images, prompt_ids, prompt_mask, state))
+        ids = logits.argmax(-1) + (self.model.vocab_size - self.model.config.n_bins)
+        return ids, logits.float()
+
+
+def _flat_cache(cache: DynamicCache) -> list[torch.Tensor]:
+    out = []
+    for layer in cache.layers:
+        out += [layer.keys, layer.values]
+    return out
+
+
+class PrefillGraph(nn.Module):
+    def __init__(self, model: VLA):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, prompt_ids, prompt_mask, state=None):
+        model = self.model
+        embeds, valid, memory = model.embed_prefix(Batch(images, prompt_ids, prompt_mask, state))
+        cache = DynamicCache(config=model._llama_base().config)
+        positions = valid.long().cumsum(1) - 1
+        mask = model.attention_mask(valid, valid.shape[1], 0, embeds.dtype)
+        hidden = model._backbone_forward(embeds, mask, positions, memory, cache)
+        logits = model.action_logits(hidden[:, -1])
+        token = logits.argmax(-1) + (model.vocab_size - model.config.n_bins)
+        outputs = [logits.float(), token, valid.long(), positions[:, -1:] + 1, *_flat_cache(cache)]
+        if memory is not None:
+            outputs.append(memory)
+        return tuple(outputs)
+
+
+class DecodeGraph(nn.Module):
+    def __init__(self, model: VLA):
+        super().__init__()
+        self.model = model
+        self.num_layers = model._llama_base().config.num_hidden_layers
+
+    def forward(self, token, position, valid, *past):
+        model = self.model
+        memory = past[2 * self.num_layers] if len(past) > 2 * self.num_layers else None
+        cache = DynamicCache(config=model._llama_base().config)
+        for i in range(self.num_layers):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        embeds = model.embed_tokens(token)
+        mask = model.attention_mask(valid.bool(), 1, 0, embeds.dtype)
+        hidden = model._backbone_forward(embeds, mask, position, memory, cache)
+        logits = model.action_logits(hidden[:, -1])
+        next_token = logits.argmax(-1) + (model.vocab_size - model.config.n_bins)
+        return (logits.float(), next_token, *_flat_cache(cache))
+
+
+# ---------------------------------------------------------------------------- example inputs
+
+
+def example_inputs(model: VLA, batch: int, seed: int = 0) -> Batch:
+    """Random but valid inputs: noise images, prompts of random length from the text vocabulary."""
+    g = torch.Generator().manual_seed(seed)
+    size, length = model.image_size, model.config.max_prompt_tokens
+    text_vocab = model.vocab_size - model.config.n_bins
+    images = torch.randint(0, 256, (batch, size, size, 3), generator=g, dtype=torch.uint8)
+    lengths = torch.randint(max(1, length // 3), length + 1, (batch,), generator=g)
+    mask = (torch.arange(length)[None] >= (length - lengths)[:, None]).long()  # left-padded
+    ids = torch.randint(0, text_vocab, (batch, length), generator=g) * mask + model.pad_id * (1 - mask)
+    state = torch.randn(batch, model.config.state_dim, generator=g) if model.config.state_dim else None
+    return Batch(images, ids, mask, state)
+
+
+def _inputs(batch: Batch) -> tuple:
+    return tuple(t for t in (batch.images, batch.prompt_ids, batch.prompt_mask, batch.state) if t is not None)
+
+
+def _prefix_names(model: VLA) -> list[str]:
+    return ["images", "prompt_ids", "prompt_mask"] + (["state"] if model.config.state_dim else [])
+
+
+def _kv_names(prefix: str, layers: int) -> list[str]:
+    return [f"{prefix}_{kind}_{i}" for i in range(layers) for kind in ("key", "value")]
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def _export(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_shapes) -> None:
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, args, dynamo=True, input_names=input_names, output_names=output_names,
+            dynamic_shapes=dynamic_shapes, opset_version=OPSET, external_data=False, verbose=False,
+        )
+    program.save(str(path))
+
+
+def export_parallel(model: VLA, out: Path) -> list[str]:
+    example = example_inputs(model, batch=2)
+    names = _prefix_names(model)
+    batch_dim = torch.export.Dim("batch", min=1, max=1024)
+    dynamic = tuple({0: batch_dim} for _ in names)
+    _export(ParallelGraph(model), _inputs(example), out / "model.onnx", names, ["action_ids", "action_logits"], dynamic)
+    return ["model.onnx"]
+
+
+def export_autoregressive(model: VLA, out: Path) -> list[str]:
+    layers = model._llama_base().config.num_hidden_layers
+    cross = model.config.fusion == "cross_attention"
+    example = example_inputs(model, batch=2)
+    names = _prefix_names(model)
+    batch_dim = torch.export.Dim("batch", min=1, max=1024)
+    prefill_out = ["logits", "token", "valid", "position", *_kv_names("present", layers)] + (["memory"] if cross else [])
+    _export(PrefillGraph(model), _inputs(example), out / "prefill.onnx", names, prefill_out,
+            tuple({0: batch_dim} for _ in names))
+
+    # The decode step's example: the prefill's outputs for the same inputs, one token later.
+    with torch.no_grad():
+        pre = PrefillGraph(model)(*_inputs(example))
+    token, valid, position = pre[1].unsqueeze(1), pre[2], pre[3]
+    past = list(pre[4 : 4 + 2 * layers]) + ([pre[-1]] if cross else [])
+    valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
+    past_len = torch.export.Dim("past", min=1, max=8192)
+    total_len = past_len + 1
+    dynamic = [{0: batch_dim}, {0: batch_dim}, {0: batch_dim, 1: total_len}]
+    dynamic += [{0: batch_dim, 2: past_len} for _ in range(2 * layers)]
+    if cross:
+        dynamic.append({0: batch_dim})
+    decode_in = ["token", "position", "valid", *_kv_names("past", layers)] + (["memory"] if cross else [])
+    decode_out = ["logits", "next_token", *_kv_names("present", layers)]
+    _export(DecodeGraph(model), (token, position, valid, *past), out / "decode.onnx", decode_in, decode_out, tuple(dynamic))
+    return ["prefill.onnx", "decode.onnx"]
+
+
+def policy_metadata(model: VLA, files: list[str], fp16: bool) -> dict:
+    base = model._llama_base().config
+    stats = model.norm_stats
+    tokenizer = model.action_tokenizer
+    return {
+        "format_version": FORMAT_VERSION,
+        "decoding": model.config.decoding,
+        "fusion": model.config.fusion,
+        "files": files,
+        "fp16": fp16,
+        "image_size": model.image_size,
+        "image_keys": ["image"],
+        "image_preprocessing": "resize to image_size x image_size with OpenCV (INTER_AREA when shrinking), "
+                               "uint8 HWC RGB; pixel normalization happens inside the graph",
+        "prompt_template": PROMPT_TEMPLATE,
+        "max_prompt_tokens": model.config.max_prompt_tokens,
+        "bos_id": model.bos_id,
+        "pad_id": model.pad_id,
+        "state_dim": model.config.state_dim,
+        "action_dim": model.config.action_dim,
+        "chunk_size": model.config.chunk_size,
+        "n_bins": model.config.n_bins,
+        "vocab_size": model.vocab_size,
+        "action_low": [float(v) for v in stats["action"]["min"]],
+        "action_high": [float(v) for v in stats["action"]["max"]],
+        "norm_stats": stats,
+        "control_hz": model.meta.get("fps", 10),
+        "env_args": model.meta.get("env_args", {}),
+        "num_layers": base.num_hidden_layers,
+        "kv_heads": base.num_key_value_heads,
+        "head_dim": getattr(base, "head_dim", None) or base.hidden_size // base.num_attention_heads,
+    }
+
+
+def export(checkpoint: str | Path, out: str | Path, fp16: bool = False, parity_inputs: int = 32,
+           overwrite: bool = False) -> dict:
+    """Export a checkpoint directory to `out`; returns policy.json's content with the parity report."""
+    from vla.training.checkpoints import resolve_policy_dir
+
+    checkpoint = resolve_policy_dir(checkpoint)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"{out} exists and is not empty; pass --overwrite")
+    model = VLA.from_pretrained(checkpoint).merge_lora().eval()
+    reference = model
+    if fp16:
+        model = VLA.from_pretrained(checkpoint).merge_lora().eval().half()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if model.config.decoding == "parallel":
+            files = export_parallel(model, tmp)
+        else:
+            files = export_autoregressive(model, tmp)
+        shutil.copyfile(model.text_tokenizer_file, tmp / TOKENIZER_FILE)
+        meta = policy_metadata(model, files, fp16)
+        meta["source"] = str(checkpoint)
+        (tmp / POLICY_FILE).write_text(json.dumps(meta, indent=2))
+        meta["parity"] = check_parity(reference, tmp, parity_inputs, fp16) if parity_inputs > 0 else None
+        (tmp / POLICY_FILE).write_text(json.dumps(meta, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def check_parity(model: VLA, exported: Path, num_inputs: int, fp16: bool) -> dict:
+    """Action tokens and logits of onnxruntime (CPU) against PyTorch on random inputs, in batches of 1 and 4."""
+    from policies.onnx_policy import OnnxPolicy
+
+    runtime = OnnxPolicy(exported, device="cpu", verbose=False)
+    max_logit_diff = 0.0
+    mismatched = total = 0
+    seen = 0
+    seed = 1000
+    while seen < num_inputs:
+        size = 1 if seen < num_inputs // 2 else 4
+        batch = example_inputs(model, batch=size, seed=seed)
+        seed += 1
+        with torch.no_grad():
+            torch_ids = model.predict_action_ids(batch).numpy()
+            torch_logits = model.action_logits_for(Batch(batch.images, batch.prompt_ids, batch.prompt_mask, batch.state,
+                                                          torch.from_numpy(torch_ids))).numpy()
+        ort_ids, ort_logits = runtime.run_tokens(batch.images.numpy(), batch.prompt_ids.numpy(),
+                                                 batch.prompt_mask.numpy(),
+                                                 None if batch.state is None else batch.state.numpy())
+        mismatched += int((ort_ids != torch_ids).sum())
+        total += torch_ids.size
+        max_logit_diff = max(max_logit_diff, float(np.abs(ort_logits - torch_logits).max()))
+        seen += size
+    tolerance = 5e-2 if fp16 else 1e-4
+    report = {"inputs": seen, "tokens": total, "mismatched_tokens": mismatched, "max_logit_diff": max_logit_diff,
+              "logit_tolerance": tolerance, "runtime": "onnxruntime CPUExecutionProvider"}
+    token_ok = mismatched == 0 if not fp16 else mismatched <= 0.05 * total
+    if not token_ok or max_logit_diff > tolerance:
+        raise ExportError(
+            f"parity check failed: {mismatched}/{total} action tokens differ, max logit difference "
+            f"{max_logit_diff:.2e} (tolerance {tolerance:g}); the exported graphs do not match PyTorch"
+        )
+    return report
