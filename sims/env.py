@@ -67,6 +67,7 @@ class TabletopEnv(gym.Env):
         image_size: int = 128,
         wrist_camera: bool = False,
         num_objects: int = 3,
+        num_colors: int | None = None,
         layout: str = "random",
         control_hz: int = 10,
         max_step: float = 0.03,
@@ -78,8 +79,9 @@ class TabletopEnv(gym.Env):
             raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(sorted(TASKS))}")
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
-        if not 2 <= num_objects <= len(COLORS):
-            raise ValueError(f"num_objects must be in [2, {len(COLORS)}], got {num_objects}")
+        num_colors = num_colors or max(num_objects, 3)
+        if not 1 <= num_objects <= num_colors <= len(COLORS):
+            raise ValueError(f"need 1 <= num_objects <= num_colors <= {len(COLORS)}, got {num_objects} and {num_colors}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.task = TASKS[task]
@@ -92,7 +94,8 @@ class TabletopEnv(gym.Env):
         self.layout_kind = layout
         self.max_step = max_step
         self.max_episode_steps = max_episode_steps or self.task.max_steps
-        self.colors = tuple(COLORS)[:num_objects]
+        self.colors = tuple(COLORS)[:num_colors]  # cubes in the scene; num_objects of them on the table
+        self.num_objects = num_objects
         self.metadata = {**self.metadata, "render_fps": control_hz}
         self.frame_skip = round(1.0 / (control_hz * TIMESTEP))
 
@@ -135,6 +138,11 @@ class TabletopEnv(gym.Env):
         return self.model.body_pos[self._zone_body][:2].copy()
 
     @property
+    def placed_colors(self) -> tuple[str, ...]:
+        """The cubes on the table this episode."""
+        return tuple(self._layout.object_xy)
+
+    @property
     def target(self) -> str:
         return self._layout.target
 
@@ -147,18 +155,21 @@ class TabletopEnv(gym.Env):
     # ----- Gymnasium API -----
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        self._layout = self.task.sample_layout(self.np_random, self.colors, self.layout_kind)
+        self._layout = self.task.sample_layout(self.np_random, self.colors, self.layout_kind, self.num_objects)
         target = (options or {}).get("target")
         if target is not None:
-            if target not in self.colors:
-                raise ValueError(f"options['target'] must be one of {self.colors}, got {target!r}")
+            if target not in self._layout.object_xy:
+                raise ValueError(f"options['target'] must be one of {sorted(self._layout.object_xy)}, got {target!r}")
             self._layout = dataclasses.replace(self._layout, target=target)
         mujoco.mj_resetData(self.model, self.data)
-        for color in self.colors:
+        for i, color in enumerate(self.colors):
             adr = self._cube_qpos[color]
-            x, y = self._layout.object_xy[color]
-            yaw = self._layout.object_yaw[color]
-            self.data.qpos[adr : adr + 7] = [x, y, CUBE_HALF, np.cos(yaw / 2), 0, 0, np.sin(yaw / 2)]
+            if color in self._layout.object_xy:
+                x, y = self._layout.object_xy[color]
+                yaw = self._layout.object_yaw[color]
+                self.data.qpos[adr : adr + 7] = [x, y, CUBE_HALF, np.cos(yaw / 2), 0, 0, np.sin(yaw / 2)]
+            else:  # off the table, out of every camera's view
+                self.data.qpos[adr : adr + 7] = [1.5 + 0.1 * i, 1.5, CUBE_HALF - 0.75, 1, 0, 0, 0]
         self.model.body_pos[self._zone_body][:2] = self._layout.zone_xy
         start = self._layout.tcp_start
         self.data.qpos[self._slide_qpos] = start - np.array([0.0, 0.0, HOME_TCP_Z])

@@ -36,9 +36,12 @@ class Expert(abc.ABC):
     def act(self, observation=None) -> np.ndarray:
         """The next action, from the environment's privileged state."""
 
-    def _move(self, goal: np.ndarray, gripper: float, speed: float = 1.0) -> np.ndarray:
-        """A step toward `goal` along a straight line, at most `speed` of the largest step."""
+    def _move(self, goal: np.ndarray, gripper: float, speed: float = 1.0, straight: bool = True) -> np.ndarray:
+        """A step toward `goal`: along a straight line (all axes scaled together) or, with
+        `straight=False`, each axis clipped on its own (a proportional controller per axis)."""
         delta = (goal - self.env.tcp) / self.env.max_step
+        if not straight:
+            return np.append(np.clip(delta, -speed, speed), gripper).astype(np.float32)
         largest = np.abs(delta).max()
         if largest > speed:
             delta *= speed / largest
@@ -48,7 +51,7 @@ class Expert(abc.ABC):
 class ReachExpert(Expert):
     def act(self, observation=None) -> np.ndarray:
         goal = self.env.object_position(self.env.target) + np.array([0.0, 0.0, HOVER_HEIGHT])
-        return self._move(goal, OPEN)
+        return self._move(goal, OPEN, straight=False)
 
 
 class PushExpert(Expert):

@@ -44,11 +44,13 @@ class Task(abc.ABC):
     def instruction(self, layout: Layout) -> str:
         return self.phrasings[layout.phrasing].format(color=layout.target)
 
-    def sample_layout(self, rng: np.random.Generator, colors: tuple[str, ...], layout: str) -> Layout:
+    def sample_layout(self, rng: np.random.Generator, colors: tuple[str, ...], layout: str,
+                      num_objects: int | None = None) -> Layout:
+        """Place `num_objects` of the scene's `colors` (all by default); the rest stay off the table."""
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
         for _ in range(100):
-            candidate = self._sample_layout_once(rng, colors, layout)
+            candidate = self._sample_layout_once(rng, colors, layout, num_objects or len(colors))
             if self.layout_ok(candidate):
                 return candidate
         raise RuntimeError(f"{self.name}: no valid layout in 100 draws")
@@ -57,8 +59,9 @@ class Task(abc.ABC):
         """Tasks reject layouts their goal cannot be reached in."""
         return True
 
-    def _sample_layout_once(self, rng: np.random.Generator, colors: tuple[str, ...], layout: str) -> Layout:
-        order = [str(c) for c in rng.permutation(colors)]
+    def _sample_layout_once(self, rng: np.random.Generator, colors: tuple[str, ...], layout: str,
+                            num_objects: int) -> Layout:
+        order = [str(c) for c in rng.permutation(colors)][:num_objects]
         if layout == "slots":
             xy = _slot_positions(rng, len(order))
         else:
@@ -80,8 +83,9 @@ class Task(abc.ABC):
 
 
 def _slot_positions(rng: np.random.Generator, n: int) -> list[np.ndarray]:
-    """Fixed slots in a row across the table, a centimetre of jitter each."""
-    xs = np.linspace(-0.13, 0.13, n) if n > 1 else np.zeros(1)
+    """Fixed slots in a row across the table (at least three), n of them taken, a centimetre of jitter each."""
+    slots = np.linspace(-0.13, 0.13, max(n, 3))
+    xs = np.sort(rng.choice(slots, size=n, replace=False))
     return [np.array([x, 0.03]) + rng.uniform(-0.01, 0.01, size=2) for x in xs]
 
 

@@ -249,3 +249,31 @@ def test_bad_inputs_name_what_was_expected(tmp_path):
         model.predict_action({**obs, "state": np.zeros(5, np.float32)})
     with pytest.raises(ValueError, match="uint8"):
         model.predict_action({**obs, "image": obs["image"].astype(np.float32)})
+
+
+def test_from_scratch_vit_starts_with_sincos_positions_and_pretrained_keeps_its_own(tmp_path):
+    model = make_model(tmp_path)
+    pos = model.vision.encoders[0].vit.pos_embed[0, 1:]
+    assert pos.std() > 0.3  # timm's default would be 0.02
+    assert not torch.allclose(pos[0], pos[1])
+
+
+@pytest.mark.parametrize("aux", ["actions", "target"])
+def test_auxiliary_head_adds_its_loss_in_training_only(tmp_path, aux):
+    model = make_model(tmp_path, aux_loss=aux, aux_weight=2.0).train()
+    batch = model.prepare([observation(0), observation(1)])
+    batch.action_ids = torch.from_numpy(model.action_tokenizer.encode(np.zeros((2, 2, 4))).reshape(2, -1))
+    width = 8 if aux == "actions" else 3
+    batch.aux_target, batch.aux_mask = torch.randn(2, width), torch.ones(2, width)
+    out = model(batch)
+    assert out["aux_loss"] > 0 and torch.isclose(out["loss"], model(Batch(**{**batch.__dict__, "aux_target": None}))["loss"] + 2.0 * out["aux_loss"])
+    out["loss"].backward()
+    assert model.aux_head.mlp[-1].weight.grad is not None
+    assert model.vision.encoders[0].vit.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+def test_film_conditioning_trains_with_a_batch_of_one(tmp_path):
+    model = make_model(tmp_path).train()
+    batch = model.prepare([observation(0)])
+    batch.action_ids = torch.from_numpy(model.action_tokenizer.encode(np.zeros((1, 2, 4))).reshape(1, -1))
+    assert torch.isfinite(model(batch)["loss"])

@@ -200,7 +200,7 @@ def test_decoder_handles_mutated_messages(flips, cut):
 
 @settings(max_examples=200, deadline=None)
 @given(st.dictionaries(st.sampled_from(["image", "state", "prompt", "other"]),
-                       st.one_of(st.none(), st.integers(), st.text(max_size=5), st.binary(max_size=8),
+                       st.one_of(st.none(), st.integers(-2**31, 2**31), st.text(max_size=5), st.binary(max_size=8),
                                  st.lists(st.floats(allow_nan=True), max_size=4))))
 def test_decoder_handles_wrong_types(message):
     try:

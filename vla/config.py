@@ -103,6 +103,11 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return list(value) if origin is list else tuple(value)
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "3e-3" (no dot) as a string
+        except ValueError:
+            pass
     if hint in (int, float, str, bool) and not isinstance(value, hint):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value

@@ -178,10 +178,9 @@ def export_autoregressive(model: VLA, out: Path) -> list[str]:
     valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
     past_len = torch.export.Dim("past", min=1, max=8192)
     total_len = past_len + 1
-    dynamic = [{0: batch_dim}, {0: batch_dim}, {0: batch_dim, 1: total_len}]
-    dynamic += [{0: batch_dim, 2: past_len} for _ in range(2 * layers)]
-    if cross:
-        dynamic.append({0: batch_dim})
+    past_dynamic = [{0: batch_dim, 2: past_len} for _ in range(2 * layers)] + ([{0: batch_dim}] if cross else [])
+    # forward(token, position, valid, *past): the variadic part is one nested entry.
+    dynamic = [{0: batch_dim}, {0: batch_dim}, {0: batch_dim, 1: total_len}, tuple(past_dynamic)]
     decode_in = ["token", "position", "valid", *_kv_names("past", layers)] + (["memory"] if cross else [])
     decode_out = ["logits", "next_token", *_kv_names("present", layers)]
     _export(DecodeGraph(model), (token, position, valid, *past), out / "decode.onnx", decode_in, decode_out, tuple(dynamic))

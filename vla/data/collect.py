@@ -53,14 +53,16 @@ def rollout(job: CollectionJob, seed: int, target: str | None = None) -> Episode
     info = {}
     options = {"target": target} if target else None
     rng = np.random.default_rng([seed, *(ord(c) for c in target or "")])
+    unwrapped = env.unwrapped
     for obs, action, reward, terminated, truncated, info in run_episode(env, expert, seed, noise=job.noise, rng=rng,
                                                                          options=options):
         for key, value in obs.items():
             frames.setdefault(key, []).append(value)
+        # Privileged, for auxiliary losses and analysis; never a policy input.
+        frames.setdefault("target_position", []).append(unwrapped.object_position(unwrapped.target).astype(np.float32))
         actions.append(action)
         rewards.append(reward)
         dones.append(terminated or truncated)
-    unwrapped = env.unwrapped
     return Episode(
         observations={k: np.stack(v) for k, v in frames.items()},
         actions=np.stack(actions).astype(np.float32),
@@ -80,6 +82,8 @@ def rollout(job: CollectionJob, seed: int, target: str | None = None) -> Episode
 
 def _object_colors(env_id: str, env_kwargs: dict) -> list[str]:
     env, _ = _make(CollectionJob(env_id, env_kwargs))
+    if env.unwrapped.num_objects != len(env.unwrapped.colors):
+        raise DatasetError("--all-targets needs every cube on the table (num_objects == num_colors)")
     return list(env.unwrapped.colors)
 
 

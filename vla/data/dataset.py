@@ -25,6 +25,7 @@ class RawEpisodes:
     """Everything read from the stores, before tokenization."""
 
     images: list[np.ndarray]  # per episode uint8 [T, s, s, 3], resized to the model's size
+    target_positions: list[np.ndarray | None]  # per episode float32 [T, 3] (privileged), where recorded
     states: list[np.ndarray]  # per episode float32 [T, S]
     actions: list[np.ndarray]  # per episode float32 [T, D]
     instructions: list[str]
@@ -40,7 +41,7 @@ class RawEpisodes:
 def load_episodes(paths: list[str | Path], image_size: int, image_key: str = "image") -> RawEpisodes:
     if not paths:
         raise DatasetError("no dataset given (data.paths is empty)")
-    raw = RawEpisodes([], [], [], [], [], {}, 10.0)
+    raw = RawEpisodes([], [], [], [], [], [], {}, 10.0)
     for path in paths:
         with EpisodeReader(path) as reader:
             if len(reader) == 0:
@@ -48,6 +49,9 @@ def load_episodes(paths: list[str | Path], image_size: int, image_key: str = "im
             raw.env_args = raw.env_args or reader.env_args
             for i in range(len(reader)):
                 ep = reader.episode(i, keys=(image_key, "state"))
+                has_target = "target_position" in reader.observation_keys(i)
+                raw.target_positions.append(reader.episode(i, keys=("target_position",)).observations["target_position"]
+                                            if has_target else None)
                 raw.images.append(np.stack([resize_image(f, image_size) for f in ep.observations[image_key]]))
                 raw.states.append(ep.observations["state"].astype(np.float32))
                 raw.actions.append(ep.actions.astype(np.float32))
@@ -78,6 +82,7 @@ class DemoDataset(torch.utils.data.Dataset):
         actions: ActionTokenizer,
         chunk_size: int,
         use_state: bool,
+        aux_loss: str = "none",
     ):
         if actions.dim != raw.actions[0].shape[1]:
             raise DatasetError(
@@ -105,6 +110,7 @@ class DemoDataset(torch.utils.data.Dataset):
         self.action_ids = torch.from_numpy(ids.reshape(len(ids), -1))
         self.chunk_actions = torch.from_numpy(chunk_actions)
         self.chunk_valid = torch.from_numpy(valid)
+        self.aux_target, self.aux_mask = _aux_targets(aux_loss, raw, actions, chunk_actions, valid)
         self.use_state = use_state
         self.targets = raw.targets
 
@@ -126,7 +132,28 @@ class DemoDataset(torch.utils.data.Dataset):
             prompt_mask=self.prompt_mask[episodes],
             state=self.states[indices] if self.use_state else None,
             action_ids=self.action_ids[indices],
+            aux_target=self.aux_target[indices] if self.aux_target is not None else None,
+            aux_mask=self.aux_mask[indices] if self.aux_mask is not None else None,
         )
+
+
+def _aux_targets(kind: str, raw: RawEpisodes, actions: ActionTokenizer, chunk_actions: np.ndarray, valid: np.ndarray):
+    """Targets of the auxiliary head: the chunk normalized to [-1, 1] ("actions"), or the named object's
+    position, standardized ("target"; privileged, recorded at collection)."""
+    if kind == "none":
+        return None, None
+    if kind == "actions":
+        target = actions.normalize(chunk_actions).reshape(len(chunk_actions), -1)
+        mask = np.repeat(valid, chunk_actions.shape[-1], axis=1)
+    else:
+        if any(p is None for p in raw.target_positions):
+            raise DatasetError("model.aux_loss=target needs obs/target_position in every episode (recorded by vla collect)")
+        positions = np.concatenate(raw.target_positions)
+        spread = positions.std(0)
+        varies = spread > 1e-3  # the height of a cube resting on the table does not
+        target = np.where(varies, (positions - positions.mean(0)) / np.where(varies, spread, 1.0), 0.0)
+        mask = np.broadcast_to(varies, target.shape)
+    return torch.from_numpy(target.astype(np.float32)), torch.from_numpy(mask.astype(np.float32))
 
 
 def shift_images(images: torch.Tensor, shift: int, offsets: torch.Tensor) -> torch.Tensor:

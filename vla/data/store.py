@@ -137,6 +137,9 @@ class EpisodeReader:
     def __len__(self) -> int:
         return len(self.names)
 
+    def observation_keys(self, index: int) -> list[str]:
+        return list(self._data[self.names[index]]["obs"].keys())
+
     def attrs(self, index: int) -> dict:
         return {k: _plain(v) for k, v in self._data[self.names[index]].attrs.items()}
 

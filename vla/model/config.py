@@ -10,6 +10,7 @@ from vla.errors import ConfigError
 PROJECTORS = ("linear", "mlp")
 FUSIONS = ("prefix", "cross_attention")
 DECODINGS = ("parallel", "autoregressive")
+AUX_LOSSES = ("none", "actions", "target")
 
 
 @dataclass
@@ -71,12 +72,17 @@ class ModelConfig:
     n_bins: int = 256
     max_prompt_tokens: int = 32
     text_vocab_size: int = 512  # size of the BPE trained on the instructions (from-scratch backbones)
+    # A training-only head on the image tokens: "actions" predicts the chunk, "target" the named object's
+    # position (privileged, recorded by `vla collect`); it gives the vision tower a direct signal.
+    aux_loss: str = "none"
+    aux_weight: float = 1.0
 
     def __post_init__(self):
         for name, value, valid in (
             ("projector", self.projector, PROJECTORS),
             ("fusion", self.fusion, FUSIONS),
             ("decoding", self.decoding, DECODINGS),
+            ("aux_loss", self.aux_loss, AUX_LOSSES),
         ):
             if value not in valid:
                 raise ValueError(f"{name} must be one of {', '.join(valid)}, got {value!r}")

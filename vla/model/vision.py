@@ -37,7 +37,33 @@ def create_vit(config: VisionConfig) -> nn.Module:
         model = timm.create_model(config.name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
     if not hasattr(model, "blocks") or not hasattr(model, "patch_embed"):
         raise CheckpointError(f"{config.name}: not a ViT (needs .patch_embed and .blocks)")
+    if source is None and getattr(model, "pos_embed", None) is not None:
+        sincos_position_embedding(model)
     return model
+
+
+def sincos_position_embedding(vit: nn.Module) -> None:
+    """Start a from-scratch ViT's learned position embedding at a 2D sine-cosine table (as MAE does).
+
+    timm initialises it at std 0.02, some 15x below the patch features, so where a patch sits is
+    barely visible at first; a policy has to find where the objects are before it can act on them.
+    """
+    grid_h, grid_w = vit.patch_embed.grid_size
+    dim = vit.pos_embed.shape[-1]
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    ys, xs = torch.meshgrid(torch.arange(grid_h, dtype=torch.float32), torch.arange(grid_w, dtype=torch.float32),
+                            indexing="ij")
+    parts = []
+    for coord in (ys.flatten(), xs.flatten()):
+        angles = coord[:, None] * omega[None]
+        parts += [torch.sin(angles), torch.cos(angles)]
+    table = torch.cat(parts, dim=1)
+    table = torch.nn.functional.pad(table, (0, dim - table.shape[1]))
+    prefix = vit.pos_embed.shape[1] - table.shape[0]  # class/register tokens with their own embedding
+    with torch.no_grad():
+        vit.pos_embed[0, prefix:] = table
+        vit.pos_embed[0, :prefix] = 0.0
 
 
 class VisionEncoder(nn.Module):
@@ -69,13 +95,19 @@ class VisionEncoder(nn.Module):
             # (which are linear in the pixels) lets the instruction pick out a colour before any block
             # has mixed the patches. Zero-initialised, so training starts from the plain ViT.
             self.film = nn.ModuleList(nn.Linear(film_dim, 2 * self.width) for _ in range(self.layers[-1] + 2))
-            for layer in self.film:
+            # And on the pixels: an instruction-dependent colour transform (3x3 matrix and offset), so
+            # "the red cube" can map red onto one canonical colour before the patches are embedded.
+            self.pixel_film = nn.Linear(film_dim, 12)
+            for layer in [*self.film, self.pixel_film]:
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
 
     def forward(self, images: torch.Tensor, film: torch.Tensor | None = None) -> torch.Tensor:
         """images: uint8 [B, H, W, 3]."""
-        x = (images.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        x = (images.permute(0, 3, 1, 2).to(self.mean.dtype) - self.mean) / self.std
+        if self.film is not None:
+            mix, offset = self.pixel_film(film).split([9, 3], dim=-1)
+            x = x + torch.einsum("bij,bjhw->bihw", mix.view(-1, 3, 3), x) + offset[:, :, None, None]
         vit = self.vit
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
         x = self._modulate(x, film, 0)

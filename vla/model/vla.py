@@ -52,6 +52,63 @@ CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, NORM_STATS_FILE, TOKENIZER_FILE)
 IGNORE_INDEX = -100
 
 
+class FilmInputNorm(nn.Module):
+    """Standardizes the pooled prompt embedding per channel across samples, then scales it to unit length.
+
+    Every prompt shares the template ("In: What action should the robot take to ..."), so the raw mean
+    of its embeddings is mostly the same vector for every instruction; standardizing across samples
+    (batch statistics in training, running ones at inference, as BatchNorm) removes that shared part
+    and leaves what tells instructions apart. Unit length (not unit variance per channel) keeps FiLM's
+    scales moving by ~lr per Adam step instead of ~lr * sqrt(width), which washed the image out.
+    """
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(width, affine=False)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        if self.training and len(pooled) == 1:  # batch statistics need two samples
+            self.norm.eval()
+            out = self.norm(pooled)
+            self.norm.train()
+        else:
+            out = self.norm(pooled)
+        return out / pooled.shape[-1] ** 0.5
+
+
+class AuxiliaryHead(nn.Module):
+    """Training only: predicts the action chunk (from the image tokens and the state), or the named
+    object's position (from the image tokens alone), straight from the vision tower.
+
+    A fresh backbone reads the image tokens weakly at first, so the vision tower gets little signal
+    and learns to be ignored; this short path gives it a direct one (deep supervision). It is not
+    part of any exported graph.
+
+    forward(image_tokens [B, N, H], state [B, S] | None) -> [B, out_dim]
+    """
+
+    def __init__(self, hidden: int, state_dim: int, out_dim: int, heads: int = 4):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(1, 1, hidden) * 0.02)
+        self.attention = nn.MultiheadAttention(hidden, heads, batch_first=True)
+        self.state = nn.Linear(state_dim, hidden) if state_dim else None
+        self.mlp = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+
+    def forward(self, image_tokens: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        query = self.query.expand(len(image_tokens), -1, -1).to(image_tokens.dtype)
+        pooled = self.attention(query, image_tokens, image_tokens, need_weights=False)[0][:, 0]
+        if self.state is not None and state is not None:
+            pooled = pooled + self.state(state.to(pooled.dtype))
+        return self.mlp(pooled)
+
+
+def _scaled_rms_norm(width: int, scale: float) -> nn.RMSNorm:
+    norm = nn.RMSNorm(width, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.fill_(scale)
+    return norm
+
+
 @dataclass
 class Batch:
     """Model inputs. Shapes: images uint8 [B, H, W, 3]; prompt_ids, prompt_mask int64 [B, L];
@@ -63,10 +120,13 @@ class Batch:
     prompt_mask: torch.Tensor
     state: torch.Tensor | None = None
     action_ids: torch.Tensor | None = None
+    aux_target: torch.Tensor | None = None  # float [B, A]: what the auxiliary head should predict
+    aux_mask: torch.Tensor | None = None  # float [B, A]: 1 where aux_target counts
 
     def to(self, device) -> Batch:
         return Batch(*(t.to(device, non_blocking=True) if t is not None else None for t in
-                       (self.images, self.prompt_ids, self.prompt_mask, self.state, self.action_ids)))
+                       (self.images, self.prompt_ids, self.prompt_mask, self.state, self.action_ids,
+                        self.aux_target, self.aux_mask)))
 
 
 class VLA(nn.Module):
@@ -112,13 +172,21 @@ class VLA(nn.Module):
             )
         self.vision = VisionTower(config.vision, config.second_vision, config.projector, hidden,
                                   film_dim=hidden if config.film else 0)
-        # The pooled prompt embedding is normalized before FiLM: raw, it is dominated by the template
-        # words every prompt shares, and the instruction's few words would barely move the ViT.
-        self.film_norm = nn.LayerNorm(hidden) if config.film else None
+        self.film_norm = FilmInputNorm(hidden) if config.film else None
         self.state_proj = nn.Linear(config.state_dim, hidden) if config.state_dim else None
+        # Image and state tokens enter at the scale of the text embeddings. Unscaled, a fresh projector
+        # gives them norms ~100x those of the words, so the residual stream at image positions can
+        # hardly take in anything from the instruction.
+        token_rms = float(llama.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
+        self.image_norm = _scaled_rms_norm(hidden, token_rms)
+        self.state_norm = _scaled_rms_norm(hidden, token_rms) if config.state_dim else None
         self.action_queries = (
             nn.Parameter(torch.randn(config.action_tokens, hidden) * 0.02) if config.decoding == "parallel" else None
         )
+        self.aux_head = None
+        if config.aux_loss != "none":
+            out_dim = config.action_tokens if config.aux_loss == "actions" else 3
+            self.aux_head = AuxiliaryHead(hidden, config.state_dim if config.aux_loss == "actions" else 0, out_dim)
         self._cross_layers: list[CrossAttendingLayer] = []
         if config.fusion == "cross_attention":
             self._cross_layers = add_cross_attention(llama, config.cross_attention_every)
@@ -227,16 +295,25 @@ class VLA(nn.Module):
                 got = None if batch.state is None else list(batch.state.shape)
                 raise ValueError(f"state must be [B={b}, {self.config.state_dim}], got {got}")
 
-    def embed_prefix(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def encode_images(self, batch: Batch) -> torch.Tensor:
+        """Projected image tokens [B, N, H], conditioned on the instruction when FiLM is on."""
+        film = None
+        if self.config.film:
+            prompt = self.embed_tokens(batch.prompt_ids)
+            weights = batch.prompt_mask.unsqueeze(-1).to(prompt.dtype)
+            pooled = (prompt * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+            film = self.film_norm(pooled)
+        return self.vision(batch.images, film)
+
+    def embed_prefix(self, batch: Batch, image_tokens: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """-> prefix embeddings [B, P, H], prefix validity [B, P] (bool), image memory [B, N, H] or None."""
         b = batch.images.shape[0]
         prompt = self.embed_tokens(batch.prompt_ids)
         prompt_valid = batch.prompt_mask.bool()
-        film = None
-        if self.config.film:
-            weights = prompt_valid.unsqueeze(-1).to(prompt.dtype)
-            film = self.film_norm((prompt * weights).sum(1) / weights.sum(1).clamp(min=1.0))
-        image_tokens = self.vision(batch.images, film)
+        if image_tokens is None:
+            image_tokens = self.encode_images(batch)
+        image_tokens = self.image_norm(image_tokens)
         parts = [self.embed_tokens(torch.full((b, 1), self.bos_id, device=prompt.device))]
         memory = None
         if self.config.fusion == "prefix":
@@ -244,7 +321,7 @@ class VLA(nn.Module):
         else:
             memory = image_tokens
         if self.state_proj is not None:
-            parts.append(self.state_proj(batch.state.to(prompt.dtype)).unsqueeze(1))
+            parts.append(self.state_norm(self.state_proj(batch.state.to(prompt.dtype))).unsqueeze(1))
         parts.append(prompt)
         embeds = torch.cat(parts, dim=1)
         fixed = embeds.shape[1] - prompt.shape[1]
@@ -291,7 +368,8 @@ class VLA(nn.Module):
         self._check(batch)
         if batch.action_ids is None:
             raise ValueError("forward needs batch.action_ids; use predict_action_ids for inference")
-        logits = self.action_logits_for(batch)
+        image_tokens = self.encode_images(batch)
+        logits = self.action_logits_for(batch, image_tokens)
         bins = batch.action_ids - (self.vocab_size - self.config.n_bins)
         labels = torch.where(batch.action_ids == IGNORE_INDEX, IGNORE_INDEX, bins)
         # Averaged over all action positions (ignored ones count as zero), not over the valid ones, so
@@ -301,11 +379,18 @@ class VLA(nn.Module):
         predicted = logits.argmax(-1)
         counted = labels != IGNORE_INDEX
         accuracy = ((predicted == labels) & counted).sum() / counted.sum().clamp(min=1)
-        return {"loss": loss, "accuracy": accuracy, "predicted_ids": predicted + (self.vocab_size - self.config.n_bins)}
+        out = {"loss": loss, "accuracy": accuracy, "predicted_ids": predicted + (self.vocab_size - self.config.n_bins)}
+        if self.aux_head is not None and batch.aux_target is not None:
+            predicted_aux = self.aux_head(image_tokens, batch.state)
+            mask = batch.aux_mask if batch.aux_mask is not None else torch.ones_like(batch.aux_target)
+            aux = ((predicted_aux.float() - batch.aux_target) ** 2 * mask).sum() / mask.numel()
+            out["aux_loss"] = aux
+            out["loss"] = loss + self.config.aux_weight * aux
+        return out
 
-    def action_logits_for(self, batch: Batch) -> torch.Tensor:
+    def action_logits_for(self, batch: Batch, image_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Logits over action bins at every action position, [B, K*D, n_bins], teacher-forced for AR."""
-        embeds, valid, memory = self.embed_prefix(batch)
+        embeds, valid, memory = self.embed_prefix(batch, image_tokens)
         b, p = valid.shape
         n = self.config.action_tokens
         if self.config.decoding == "parallel":

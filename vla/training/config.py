@@ -24,6 +24,7 @@ class OptimConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0
+    vision_lr_scale: float = 1.0  # learning rate of the vision encoders relative to `lr`
 
 
 @dataclass

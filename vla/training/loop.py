@@ -65,12 +65,16 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """Weight decay on matrices only (nanoGPT's split); frozen parameters (LoRA) are left out."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": config.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.optim.lr, betas=tuple(config.optim.betas))
+    """Weight decay on matrices only (nanoGPT's split); frozen parameters (LoRA) are left out; the
+    vision encoders (ViTs and their FiLM layers) learn at a scaled rate (`optim.vision_lr_scale`)."""
+    groups = []
+    for vision in (True, False):
+        params = [p for name, p in model.named_parameters()
+                  if p.requires_grad and name.startswith("vision.encoders.") == vision]
+        lr = config.optim.lr * (config.optim.vision_lr_scale if vision else 1.0)
+        groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.optim.weight_decay, "lr": lr},
+                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.optim.lr, betas=tuple(config.optim.betas))
 
 
 @dataclass
@@ -130,7 +134,7 @@ def prepare(config: TrainConfig, out_dir: Path) -> Prepared:
     if resume_from is not None:
         load_model(model, resume_from / WEIGHTS_FILE)
     dataset = DemoDataset(raw, norm_stats, model.prompt_tokenizer, model.action_tokenizer,
-                          config.model.chunk_size, use_state=bool(config.model.state_dim))
+                          config.model.chunk_size, use_state=bool(config.model.state_dim), aux_loss=config.model.aux_loss)
     return Prepared(model, dataset, norm_stats, tokenizer_file, resume_from, raw.env_args)
 
 

@@ -1,0 +1,40 @@
+"""Shared by the benchmark scripts: randomly initialised models of a preset (latency does not depend on weights)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+INSTRUCTIONS = ["reach the red cube", "move to the green cube", "go to the blue block", "hover over the red block",
+                "push the red block to the white circle", "pick up the green block", "lift the blue cube"]
+
+
+def random_model(preset: str, **overrides):
+    """A VLA of the given preset with random weights, a BPE trained on sample instructions and
+    synthetic normalization statistics."""
+    import torch
+
+    from policies.actions import action_statistics
+    from vla.model.config import load_model_config
+    from vla.model.text import train_bpe
+    from vla.model.vla import VLA
+
+    torch.manual_seed(0)
+    config = load_model_config(preset, overrides)
+    tmp = Path(tempfile.mkdtemp())
+    train_bpe(INSTRUCTIONS, config.text_vocab_size).save(str(tmp / "tokenizer.json"))
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-1, 1, (1000, config.action_dim))
+    stats = {"action": action_statistics(actions), "state": action_statistics(rng.normal(size=(1000, max(config.state_dim, 1))))}
+    return VLA.create(config, tmp / "tokenizer.json", stats).eval()
+
+
+def observation(model, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    size = model.image_size
+    obs = {"image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "prompt": INSTRUCTIONS[0]}
+    if model.config.state_dim:
+        obs["state"] = rng.normal(size=model.config.state_dim).astype(np.float32)
+    return obs

@@ -1,0 +1,126 @@
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from helpers import TINY_OVERRIDES
+from vla.cli import main
+from vla.data.collect import collect
+from vla.errors import ConfigError, DatasetError
+from vla.training.config import load_train_config
+from vla.training.loop import train
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "reach.hdf5"
+    collect("sims/Reach-v0", episodes=12, out=path, seed=0, progress=False, noise=0.1,
+            env_kwargs={"image_size": 32, "layout": "slots"})
+    return path
+
+
+def recipe(tmp_path, demos, **extra) -> str:
+    data = {
+        "model_preset": "tiny",
+        "model": TINY_OVERRIDES,
+        "data": {"paths": [str(demos)], "augment_shift": 2},
+        "optim": {"lr": 3e-3, "warmup_steps": 2},
+        "steps": 8,
+        "batch_size": 8,
+        "log_every": 1,
+        "checkpoint_every": 4,
+        "deterministic": True,
+        "seed": 3,
+        **extra,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def losses(run_dir) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+def test_training_writes_config_metrics_checkpoints_and_policy(tmp_path, demos):
+    summary = train(load_train_config(recipe(tmp_path, demos)), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert summary["steps"] == 8 and len(losses(run)) == 8
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["vision"]["image_size"] == 32
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000004", "step_000008"]
+    assert (run / "policy" / "model.safetensors").exists() and any((run / "tb").iterdir())
+    assert np.isfinite(losses(run)).all() and losses(run)[-1] < losses(run)[0]
+
+
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, demos):
+    config = load_train_config(recipe(tmp_path, demos))
+    train(config, tmp_path / "straight", progress=False)
+    assert train(config, tmp_path / "resumed", progress=False, stop_at_step=4) == {"stopped_at": 4}
+    assert len(losses(tmp_path / "resumed")) == 4
+    summary = train(config, tmp_path / "resumed", progress=False)
+    assert summary["resumed_from"] == 4
+    np.testing.assert_allclose(losses(tmp_path / "resumed"), losses(tmp_path / "straight"), rtol=1e-5)
+    a = load_file(tmp_path / "straight" / "policy" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "policy" / "model.safetensors")
+    for key in a:
+        np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_resuming_with_a_changed_model_is_refused(tmp_path, demos):
+    config = load_train_config(recipe(tmp_path, demos))
+    train(config, tmp_path / "run", progress=False, stop_at_step=4)
+    changed = load_train_config(recipe(tmp_path, demos), ["model.backbone.layers=3", "model.chunk_size=3"])
+    with pytest.raises(ConfigError, match="backbone.layers: 2 -> 3.*chunk_size: 2 -> 3"):
+        train(changed, tmp_path / "run", progress=False)
+
+
+def test_bad_inputs_fail_before_training(tmp_path, demos):
+    with pytest.raises(ConfigError, match="unknown config key 'model.hiden'"):
+        load_train_config(recipe(tmp_path, demos), ["model.hiden=3"])
+    with pytest.raises(ConfigError, match="did you mean optim.lr"):
+        load_train_config(recipe(tmp_path, demos), ["optim.lrr=3"])
+    with pytest.raises(DatasetError, match="actions have 4 dimensions but model.action_dim is 3"):
+        train(load_train_config(recipe(tmp_path, demos), ["model.action_dim=3"]), tmp_path / "a", progress=False)
+    empty = tmp_path / "empty.hdf5"
+    with h5py.File(empty, "w") as f:
+        f.create_group("data")
+    with pytest.raises(DatasetError, match="holds no episodes"):
+        train(load_train_config(recipe(tmp_path, empty)), tmp_path / "b", progress=False)
+    assert not (tmp_path / "a" / "checkpoints").exists()
+
+
+def test_cli_train_and_eval_a_checkpoint(tmp_path, demos, capsys):
+    assert main(["train", "--config", recipe(tmp_path, demos), "--set", "steps=4", "--out", str(tmp_path / "run")]) == 0
+    assert main(["eval", "--policy", str(tmp_path / "run"), "--episodes", "3", "--out", str(tmp_path / "eval")]) == 0
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert result["num_episodes"] == 3 and len(result["episodes"]) == 3
+    assert result["env_id"] == "sims/Reach-v0" and result["env_kwargs"]["image_size"] == 32
+    assert 0.0 <= result["ci95"][0] <= result["success_rate"] <= result["ci95"][1] <= 1.0
+    assert {e["seed"] for e in result["episodes"]} == {100000, 100001, 100002}  # away from the demo seeds
+    assert any(p.suffix == ".mp4" for p in (tmp_path / "eval").iterdir())
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, demos):
+    # FiLM's input norm uses batch statistics, which a split batch changes; this test is about DDP.
+    config = recipe(tmp_path, demos, steps=3, checkpoint_every=3, log_every=1, model={**TINY_OVERRIDES, "film": False})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "vla.cli", "train", "--config", config, "--out", str(tmp_path / "one")],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert single.returncode == 0, single.stderr[-2000:]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+              "--cpu", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "-m", "vla.cli", "train", "--config", config, "--out", str(tmp_path / "two")]
+    double = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=env)
+    assert double.returncode == 0, double.stderr[-2000:]
+    a = load_file(tmp_path / "one" / "policy" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "policy" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=1e-4, atol=1e-5, err_msg=key)
