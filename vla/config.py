@@ -74,7 +74,7 @@ def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
         key = unknown[0]
         close = difflib.get_close_matches(key, fields, n=1)
         hint = f"; did you mean {where}{close[0]}?" if close else f"; valid keys: {', '.join(fields)}"
-        raise ConfigError(f"unknown config key {where}{key!r}{hint}")
+        raise ConfigError(f"unknown config key '{where}{key}'{hint}")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _convert(hints[name], value, f"{where}{name}")

@@ -62,6 +62,7 @@ def evaluate(
     env_id = sims.check_env_id(env_id)
     env_kwargs = dict(env_kwargs or {})
     if videos:
+        env_kwargs.setdefault("render_mode", "rgb_array")
         env_kwargs.setdefault("render_size", max(256, env_kwargs.get("image_size", 128)))
     factories = [_env_factory(env_id, env_kwargs) for _ in range(min(workers, episodes))]
     vector_cls = gym.vector.AsyncVectorEnv if len(factories) > 1 else gym.vector.SyncVectorEnv
@@ -146,7 +147,7 @@ def evaluate(
     summary = summarize(results)
     summary.update({
         "env_id": env_id,
-        "env_kwargs": {k: v for k, v in env_kwargs.items() if k != "render_size"},
+        "env_kwargs": {k: v for k, v in env_kwargs.items() if k not in ("render_size", "render_mode")},
         "first_seed": seed,
         "policy": dict(getattr(policy, "metadata", {})),
         "chunk_mode": chunk_mode,

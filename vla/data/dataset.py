@@ -48,10 +48,9 @@ def load_episodes(paths: list[str | Path], image_size: int, image_key: str = "im
                 raise DatasetError(f"{path}: holds no episodes")
             raw.env_args = raw.env_args or reader.env_args
             for i in range(len(reader)):
-                ep = reader.episode(i, keys=(image_key, "state"))
-                has_target = "target_position" in reader.observation_keys(i)
-                raw.target_positions.append(reader.episode(i, keys=("target_position",)).observations["target_position"]
-                                            if has_target else None)
+                extra = ("target_position",) if "target_position" in reader.observation_keys(i) else ()
+                ep = reader.episode(i, keys=(image_key, "state", *extra))
+                raw.target_positions.append(ep.observations.get("target_position"))
                 raw.images.append(np.stack([resize_image(f, image_size) for f in ep.observations[image_key]]))
                 raw.states.append(ep.observations["state"].astype(np.float32))
                 raw.actions.append(ep.actions.astype(np.float32))
