@@ -65,7 +65,8 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
-def write_report(out: Path, task: str, env_kwargs: dict, stage_log: dict, total_wall_s: float) -> dict:
+def write_report(out: Path, task: str, env_kwargs: dict, stage_log: dict, total_wall_s: float,
+                 collection: dict | None = None) -> dict:
     out = Path(out)
     torch_eval = _load(out / "eval_torch" / "eval.json") or {}
     deploy = _load(out / "deploy" / "deploy.json") or {}
@@ -110,8 +111,13 @@ def write_report(out: Path, task: str, env_kwargs: dict, stage_log: dict, total_
         "total_wall_s": total_wall_s,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    configs = {name: (out / path).read_text() for name, path in (("training recipe (resolved)", "train/config.yaml"),)
-               if (out / path).exists()}
+    import yaml
+
+    configs = {}
+    if collection:
+        configs["demonstrations"] = yaml.safe_dump({"task": task, "env_kwargs": env_kwargs, **collection}, sort_keys=False)
+    if (out / "train" / "config.yaml").exists():
+        configs["training (resolved, model included)"] = (out / "train" / "config.yaml").read_text()
     (out / "report.md").write_text(_markdown(summary, torch_eval, deploy, bench, curve, gifs, configs))
     (out / "report.html").write_text(_html(summary, torch_eval, deploy, bench, curve, gifs, configs))
     return summary
@@ -185,7 +191,7 @@ def _markdown(summary, torch_eval, deploy, bench, curve, gifs, configs) -> str:
             parts.append(f"**{kind}** (seed {g['seed']}, \"{g['instruction']}\")\n\n![{kind}]({g['file']})")
     parts += ["## Stage wall times (s)", _md_table(["stage", "seconds"], _rows_stages(summary))]
     for name, text in configs.items():
-        parts.append(f"## Config: {name}\n\n```yaml\n{text}```")
+        parts.append(f"## Configs used: {name}\n\n```yaml\n{text}```")
     return "\n\n".join(parts) + "\n"
 
 
@@ -225,7 +231,7 @@ def _html(summary, torch_eval, deploy, bench, curve, gifs, configs) -> str:
         sections.append("</div>")
     sections += ["<h2>Stage wall times (s)</h2>", _html_table(["stage", "seconds"], _rows_stages(summary))]
     for name, text in configs.items():
-        sections.append(f"<h2>Config: {html.escape(name)}</h2><pre>{html.escape(text)}</pre>")
+        sections.append(f"<h2>Configs used: {html.escape(name)}</h2><pre>{html.escape(text)}</pre>")
     style = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
              "th{background:#f3f3f3}pre{background:#f7f7f7;padding:1em;overflow:auto}")
