@@ -1,43 +1,65 @@
-"""Parameters and batch-1 decision latency of the model presets, PyTorch eager on this machine's CPU.
+"""Parameters and batch-1 decision latency of the model presets on this machine: PyTorch eager and
+onnxruntime, parallel decoding of a chunk against autoregressive decoding of the same chunk and
+against OpenVLA's setting (autoregressive, one action per decision).
 
-    python benchmarks/model_latency.py [--presets tiny small] [--iters 20]
+    python benchmarks/model_latency.py [--presets tiny small] [--iters 30]
 
-Random weights (latency does not depend on their values). Prints a table.
+Random weights (latency does not depend on their values). Each configuration is saved as a
+checkpoint and measured by `vla bench` (export included). Prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import observation, random_model  # noqa: E402
+from _common import random_model  # noqa: E402
 
-from vla.bench import time_calls  # noqa: E402
+from vla.bench import bench  # noqa: E402
+
+
+def configurations(chunk: int) -> list[tuple[str, int, str]]:
+    return [("parallel", chunk, f"parallel, K={chunk}"),
+            ("autoregressive", chunk, f"autoregressive, K={chunk}"),
+            ("autoregressive", 1, "autoregressive, K=1 (OpenVLA)")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
-    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--iters", type=int, default=30)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'preset':8s} {'decoding':15s} {'params (M)':>11s} {'image tokens':>13s} {'chunk':>6s} {'p50 ms':>9s} {'p99 ms':>9s} {'ms/action':>10s}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch 1; p50 over {args.iters} calls")
+    header = (f"{'preset':7s} {'params M':>9s} {'decoding':30s} {'runtime':12s} {'device':10s} {'p50 ms':>8s} "
+              f"{'p99 ms':>8s} {'ms/action':>10s}")
+    table = [header, "-" * len(header)]
     for preset in args.presets:
-        for decoding in ("parallel", "autoregressive"):
-            model = random_model(preset, decoding=decoding)
+        chunk = random_model(preset).config.chunk_size
+        per_action = {}
+        for decoding, k, label in configurations(chunk):
+            model = random_model(preset, decoding=decoding, chunk_size=k)
             params = sum(p.numel() for p in model.parameters()) / 1e6
-            obs = observation(model)
-            with torch.inference_mode():
-                ms = time_calls(lambda: model.predict_action(obs), warmup=3, iters=args.iters)
-            p50, p99 = np.percentile(ms, 50), np.percentile(ms, 99)
-            k = model.config.chunk_size
-            print(f"{preset:8s} {decoding:15s} {params:11.2f} {model.num_image_tokens:13d} {k:6d} {p50:9.1f} {p99:9.1f} {p50 / k:10.2f}",
-                  flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                rows = bench(model.save_pretrained(Path(tmp) / "checkpoint"), iters=args.iters, decodings=(decoding,),
+                             progress=False)
+            for r in rows:
+                per_action[(label, r["runtime"], r["device"])] = r["per_action_ms"]
+                table.append(f"{preset:7s} {params:9.2f} {label:30s} {r['runtime']:12s} {r['device']:10s} "
+                             f"{r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['per_action_ms']:10.3f}")
+            print(table[-1], flush=True)
+        for runtime in ("torch", "onnxruntime"):
+            fast = per_action.get((f"parallel, K={chunk}", runtime, "cpu"))
+            for label in (f"autoregressive, K={chunk}", "autoregressive, K=1 (OpenVLA)"):
+                slow = per_action.get((label, runtime, "cpu"))
+                if fast and slow:
+                    table.append(f"{preset:7s} {'':9s} {'parallel vs ' + label:30s} {runtime:12s} {'cpu':10s} "
+                                 f"{'':8s} {'':8s} {slow / fast:9.1f}x")
+    print("\n" + "\n".join(table))
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ class OnnxPolicy:
         self.providers, why = choose_providers(device)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or _physical_cores()
+        options.intra_op_num_threads = threads or default_cpu_threads(self.path, self.meta["files"])
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.sessions = {name: self._session(name, options) for name in self.meta["files"]}
@@ -282,6 +282,20 @@ class _CudaGraphRunner:
             value.update_inplace(np.ascontiguousarray(feeds[name]))
         self.session.run_with_iobinding(self.binding)
         return self.ids.numpy(), self.logits.numpy()
+
+
+SMALL_GRAPH_BYTES = 40_000_000  # about 10M fp32 parameters
+
+
+def default_cpu_threads(path: Path, files: list[str]) -> int:
+    """One thread for small graphs, the physical cores otherwise.
+
+    Measured on a 2-core CPU with the tiny preset (2M parameters): every operator is so small that
+    the thread pool's synchronisation costs more than the split saves; one thread halves the
+    autoregressive decision (15.6 -> 8.0 ms p50) and leaves the parallel one unchanged.
+    """
+    size = sum((path / name).stat().st_size for name in files)
+    return 1 if size < SMALL_GRAPH_BYTES else _physical_cores()
 
 
 def _physical_cores() -> int:

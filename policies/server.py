@@ -50,6 +50,8 @@ class PolicyServer:
             "image_size": meta.get("image_size"),
             "state_dim": meta.get("state_dim", 0),
             "control_hz": meta.get("control_hz"),
+            "action_low": meta.get("action_low"),
+            "action_high": meta.get("action_high"),
             "observation_keys": ["image", "prompt"] + (["state"] if meta.get("state_dim") else []),
             "optional_keys": ["wrist_image"],
             "decoding": meta.get("decoding"),

@@ -62,3 +62,27 @@ def sharpen(model, factor: float = 50.0) -> None:
 
     with torch.no_grad():
         model._llama_base().get_output_embeddings().weight.mul_(factor)
+
+
+class RecordingRobot:
+    """A fake robot for the robot runner: random observations; records the actions it is sent."""
+
+    instances: list["RecordingRobot"] = []
+
+    def __init__(self, image_size: int = 32, state_dim: int = 4, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.image_size, self.state_dim = image_size, state_dim
+        self.actions: list[np.ndarray] = []
+        self.stopped = False
+        RecordingRobot.instances.append(self)
+
+    def get_observation(self) -> dict:
+        size = self.image_size
+        return {"image": self.rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+                "state": self.rng.normal(size=self.state_dim).astype(np.float32)}
+
+    def apply_action(self, action) -> None:
+        self.actions.append(np.array(action))
+
+    def stop(self) -> None:
+        self.stopped = True

@@ -119,3 +119,30 @@ def test_export_refuses_a_non_empty_output_directory(exported):
     root, _ = exported
     with pytest.raises(ExportError, match="--overwrite"):
         export(root / "ckpt", root / "onnx")
+
+
+def test_robot_runner_drives_a_user_robot_class_within_the_operator_bounds(exported, capsys):
+    from helpers import RecordingRobot
+    from policies import robot_runner
+
+    root, _ = exported
+    rc = robot_runner.main(["--policy", str(root / "onnx"), "--robot", "helpers:RecordingRobot", "--robot-kw",
+                            "image_size=32", "--prompt", "reach the red cube", "--rate", "20", "--max-steps", "12",
+                            "--action-high", "0.05", "0.05", "0.05", "1.0"])
+    assert rc == 0
+    robot = RecordingRobot.instances[-1]
+    assert len(robot.actions) == 12 and robot.stopped
+    assert max(a[:3].max() for a in robot.actions) <= np.float32(0.05)
+    assert json.loads(capsys.readouterr().out)["steps"] == 12
+
+
+@pytest.mark.parametrize("spec, message", [("collections:OrderedDict", "is not a Robot"),
+                                           ("no_such_module:Arm", "cannot load robot class"),
+                                           ("helpers", "module:Class")])
+def test_robot_runner_refuses_what_is_not_a_robot(exported, capsys, spec, message):
+    from policies import robot_runner
+
+    root, _ = exported
+    rc = robot_runner.main(["--policy", str(root / "onnx"), "--robot", spec, "--prompt", "reach the red cube"])
+    assert rc == 2
+    assert message in capsys.readouterr().err

@@ -61,6 +61,18 @@ def episode_gif(policy, env_id: str, env_kwargs: dict, seed: int, out: Path, fps
     return out
 
 
+FAILURE_SEARCH_EPISODES = 100
+
+
+def _first_failure_beyond(policy, task: str, env_kwargs: dict, first_seed: int) -> dict | None:
+    """When every evaluated episode succeeded, look for a failure to show on the next seeds."""
+    from vla.evaluation import evaluate
+
+    result = evaluate(policy, task, FAILURE_SEARCH_EPISODES, seed=first_seed, env_kwargs=env_kwargs, videos=0,
+                      progress=False)
+    return next((e for e in result["episodes"] if not e["success"]), None)
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
@@ -83,9 +95,18 @@ def write_report(out: Path, task: str, env_kwargs: dict, stage_log: dict, total_
         policy = TorchPolicy(out / "train" / "policy")
         for kind, wanted in (("success", True), ("failure", False)):
             match = next((e for e in episodes if e["success"] == wanted), None)
+            note = ""
+            if match is None and not wanted:
+                match = _first_failure_beyond(policy, task, env_kwargs, first_seed=max(e["seed"] for e in episodes) + 1)
+                note = (f"none among the {len(episodes)} evaluated episodes; the first one on the following "
+                        f"{FAILURE_SEARCH_EPISODES} seeds" if match else
+                        f"none among the {len(episodes)} evaluated episodes nor on the following "
+                        f"{FAILURE_SEARCH_EPISODES} seeds")
             if match is not None:
                 gifs[kind] = {"file": f"episode_{kind}.gif", "instruction": match["instruction"], "seed": match["seed"]}
                 episode_gif(policy, task, env_kwargs, match["seed"], out / gifs[kind]["file"])
+            if note:
+                gifs.setdefault(kind, {})["note"] = note
 
     summary = {
         "task": task,
@@ -188,7 +209,11 @@ def _markdown(summary, torch_eval, deploy, bench, curve, gifs, configs) -> str:
     if gifs:
         parts.append("## Episodes")
         for kind, g in gifs.items():
-            parts.append(f"**{kind}** (seed {g['seed']}, \"{g['instruction']}\")\n\n![{kind}]({g['file']})")
+            note = f" ({g['note']})" if g.get("note") else ""
+            if "file" in g:
+                parts.append(f"**{kind}**{note}: seed {g['seed']}, \"{g['instruction']}\"\n\n![{kind}]({g['file']})")
+            else:
+                parts.append(f"**{kind}**{note}.")
     parts += ["## Stage wall times (s)", _md_table(["stage", "seconds"], _rows_stages(summary))]
     for name, text in configs.items():
         parts.append(f"## Configs used: {name}\n\n```yaml\n{text}```")
@@ -226,8 +251,12 @@ def _html(summary, torch_eval, deploy, bench, curve, gifs, configs) -> str:
     if gifs:
         sections.append("<h2>Episodes</h2><div style='display:flex;gap:24px'>")
         for kind, g in gifs.items():
-            sections.append(f"<figure><img src='{g['file']}' width='256'><figcaption>{kind}: "
-                            f"{html.escape(g['instruction'])} (seed {g['seed']})</figcaption></figure>")
+            note = f" ({html.escape(g['note'])})" if g.get("note") else ""
+            if "file" in g:
+                sections.append(f"<figure><img src='{g['file']}' width='256'><figcaption>{kind}{note}: "
+                                f"{html.escape(g['instruction'])} (seed {g['seed']})</figcaption></figure>")
+            else:
+                sections.append(f"<p><b>{kind}</b>{note}.</p>")
         sections.append("</div>")
     sections += ["<h2>Stage wall times (s)</h2>", _html_table(["stage", "seconds"], _rows_stages(summary))]
     for name, text in configs.items():
