@@ -6,7 +6,6 @@ import time
 
 import h5py
 import numpy as np
-import pytest
 
 from vla.cli import main
 from vla.data.collect import collect

@@ -97,7 +97,8 @@ def bench(path: str | Path, iters: int = 50, warmup: int = 5, batch: int = 1, de
 
 
 def _training_prompt(model) -> str:
-    return "reach the red cube"
+    """An instruction of the training data (checkpoints written before it was recorded: a plausible one)."""
+    return model.meta.get("example_instruction", "reach the red cube")
 
 
 def _say(progress: bool, row: dict) -> None:

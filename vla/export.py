@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -35,6 +33,7 @@ import torch.nn as nn
 from transformers import DynamicCache
 
 from policies.preprocess import PROMPT_TEMPLATE
+from vla.atomic import atomic_directory
 from vla.errors import VLAError
 from vla.model.text import TOKENIZER_FILE
 from vla.model.vla import VLA, Batch
@@ -190,7 +189,6 @@ def export_autoregressive(model: VLA, out: Path) -> list[str]:
 def policy_metadata(model: VLA, files: list[str], fp16: bool) -> dict:
     base = model._llama_base().config
     stats = model.norm_stats
-    tokenizer = model.action_tokenizer
     return {
         "format_version": FORMAT_VERSION,
         "decoding": model.config.decoding,
@@ -234,9 +232,7 @@ def export(checkpoint: str | Path, out: str | Path, fp16: bool = False, parity_i
     reference = model
     if fp16:
         model = VLA.from_pretrained(checkpoint).merge_lora().eval().half()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         if model.config.decoding == "parallel":
             files = export_parallel(model, tmp)
         else:
@@ -247,12 +243,6 @@ def export(checkpoint: str | Path, out: str | Path, fp16: bool = False, parity_i
         (tmp / POLICY_FILE).write_text(json.dumps(meta, indent=2))
         meta["parity"] = check_parity(reference, tmp, parity_inputs, fp16) if parity_inputs > 0 else None
         (tmp / POLICY_FILE).write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 

@@ -43,7 +43,7 @@ def format_summary(summary: dict) -> str:
         f"file          {summary['path']}",
         f"episodes      {summary['episodes']} ({summary['successes']} successful)",
         f"steps         {summary['steps']}",
-        f"observations  " + ", ".join(f"{k} {v}" for k, v in summary["observations"].items()),
+        "observations  " + ", ".join(f"{k} {v}" for k, v in summary["observations"].items()),
         f"env           {summary['env_args'].get('env_name', '?')} {summary['env_args'].get('env_kwargs', {})}",
         "tasks         " + ", ".join(f"{k} ({v})" for k, v in summary["tasks"].items()),
         "targets       " + ", ".join(f"{k} ({v})" for k, v in sorted(summary["targets"].items())),

@@ -17,9 +17,7 @@ Decoding:
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from policies.actions import ActionTokenizer
 from policies.preprocess import PromptTokenizer, normalize_state, resize_image
+from vla.atomic import atomic_directory
 from vla.config import from_dict, to_dict
 from vla.errors import CheckpointError
 from vla.model.backbone import (
@@ -240,19 +239,11 @@ class VLA(nn.Module):
     def save_pretrained(self, path: str | Path) -> Path:
         """Write config.json, model.safetensors, norm_stats.json and tokenizer.json, atomically."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_directory(path) as tmp:
             (tmp / CONFIG_FILE).write_text(json.dumps({"model": to_dict(self.config), "meta": self.meta}, indent=2))
             save_model(self, str(tmp / WEIGHTS_FILE))
             (tmp / NORM_STATS_FILE).write_text(json.dumps(self.norm_stats, indent=2))
             shutil.copyfile(self.text_tokenizer_file, tmp / TOKENIZER_FILE)
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         self.text_tokenizer_file = path / TOKENIZER_FILE
         return path
 

@@ -129,7 +129,8 @@ def prepare(config: TrainConfig, out_dir: Path) -> Prepared:
     else:
         norm_stats = compute_norm_stats(raw)
     tokenizer_file = _text_tokenizer(config, raw.instructions, out_dir, resume_from)
-    meta = {"env_args": raw.env_args, "fps": raw.fps, "train_data": list(config.data.paths)}
+    meta = {"env_args": raw.env_args, "fps": raw.fps, "train_data": list(config.data.paths),
+            "example_instruction": raw.instructions[0]}
     model = VLA.create(config.model, tokenizer_file, norm_stats, meta=meta)
     if resume_from is not None:
         load_model(model, resume_from / WEIGHTS_FILE)
