@@ -33,8 +33,14 @@ test: $(STAMP)
 test-all: $(STAMP)
 	@$(PY) -m pytest -m "" $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
+# Every figure in the README: sims, model latency, training throughput, and the server load test
+# against the demo's export (made first if missing).
 bench: $(STAMP)
 	$(PY) benchmarks/sims_throughput.py
+	$(PY) benchmarks/model_latency.py
+	$(PY) benchmarks/train_throughput.py
+	@test -f runs/demo/export/policy.json || $(VENV)/bin/vla demo --out runs/demo
+	$(PY) benchmarks/server_load.py runs/demo/export
 
 clean:
 	rm -rf runs .pytest_cache
