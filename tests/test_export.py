@@ -146,3 +146,12 @@ def test_robot_runner_refuses_what_is_not_a_robot(exported, capsys, spec, messag
     rc = robot_runner.main(["--policy", str(root / "onnx"), "--robot", spec, "--prompt", "reach the red cube"])
     assert rc == 2
     assert message in capsys.readouterr().err
+
+
+def test_fp16_export_passes_its_relative_parity_check(exported, tmp_path):
+    root, _ = exported
+    meta = export(root / "ckpt", tmp_path / "fp16", fp16=True, parity_inputs=8)
+    assert meta["fp16"] is True
+    assert meta["parity"]["mismatched_tokens"] <= 0.01 * meta["parity"]["tokens"]
+    actions = OnnxPolicy(tmp_path / "fp16", verbose=False).act(observation(seed=3))
+    assert actions.shape == (2, 4) and actions.dtype == np.float32

@@ -246,12 +246,16 @@ def export(checkpoint: str | Path, out: str | Path, fp16: bool = False, parity_i
     return meta
 
 
+FP16_RELATIVE_TOLERANCE = 0.02  # of the largest logit magnitude
+FP16_TOKEN_MISMATCH = 0.01  # fraction of action tokens allowed to differ in fp16
+
+
 def check_parity(model: VLA, exported: Path, num_inputs: int, fp16: bool) -> dict:
     """Action tokens and logits of onnxruntime (CPU) against PyTorch on random inputs, in batches of 1 and 4."""
     from policies.onnx_policy import OnnxPolicy
 
     runtime = OnnxPolicy(exported, device="cpu", verbose=False)
-    max_logit_diff = 0.0
+    max_logit_diff = max_abs_logit = 0.0
     mismatched = total = 0
     seen = 0
     seed = 1000
@@ -269,11 +273,15 @@ def check_parity(model: VLA, exported: Path, num_inputs: int, fp16: bool) -> dic
         mismatched += int((ort_ids != torch_ids).sum())
         total += torch_ids.size
         max_logit_diff = max(max_logit_diff, float(np.abs(ort_logits - torch_logits).max()))
+        max_abs_logit = max(max_abs_logit, float(np.abs(torch_logits).max()))
         seen += size
-    tolerance = 5e-2 if fp16 else 1e-4
+    # fp16 keeps about three significant digits, and the error grows through the layers: its
+    # tolerance is relative to the logits' magnitude, and a token whose top two logits are within
+    # that error may flip.
+    tolerance = FP16_RELATIVE_TOLERANCE * max(max_abs_logit, 1.0) if fp16 else 1e-4
     report = {"inputs": seen, "tokens": total, "mismatched_tokens": mismatched, "max_logit_diff": max_logit_diff,
               "logit_tolerance": tolerance, "runtime": "onnxruntime CPUExecutionProvider"}
-    token_ok = mismatched == 0 if not fp16 else mismatched <= 0.05 * total
+    token_ok = mismatched == 0 if not fp16 else mismatched <= FP16_TOKEN_MISMATCH * total
     if not token_ok or max_logit_diff > tolerance:
         raise ExportError(
             f"parity check failed: {mismatched}/{total} action tokens differ, max logit difference "

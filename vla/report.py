@@ -26,7 +26,7 @@ def training_curve(metrics_file: Path, out: Path) -> Path | None:
     steps = [r["step"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for ax, key, title in zip(axes, ("loss", "accuracy", "l1"),
-                              ("loss (action tokens)", "action-token accuracy", "L1 of decoded actions")):
+                              ("training loss (actions + auxiliary)", "action-token accuracy", "L1 of decoded actions")):
         ax.plot(steps, [r[key] for r in rows])
         ax.set_title(title)
         ax.set_xlabel("step")
@@ -41,6 +41,8 @@ def episode_gif(policy, env_id: str, env_kwargs: dict, seed: int, out: Path, fps
     """Replay one evaluation episode (deterministic for its seed) and save it as a GIF."""
     import gymnasium as gym
     from PIL import Image
+
+    import sims  # noqa: F401  (registers the environments)
 
     from policies.chunking import ChunkExecutor
 
@@ -190,7 +192,8 @@ def _markdown(summary, torch_eval, deploy, bench, curve, gifs, configs) -> str:
         _md_table(["target", "PyTorch", "ONNX"], _rows_targets(torch_eval, deploy)),
         "## Training",
         f"{summary['train_steps']} steps in {summary['train_wall_s'] or 0:.0f} s "
-        f"({summary['train_samples_per_s'] or 0:.0f} samples/s); final loss {summary['final_loss'] or 0:.3f}, "
+        f"({summary['train_samples_per_s'] or 0:.0f} samples/s); final training loss {summary['final_loss'] or 0:.3f} "
+        f"(action tokens plus the weighted auxiliary loss, if any), "
         f"action-token accuracy {summary['final_token_accuracy'] or 0:.3f}.",
     ]
     if curve:
