@@ -23,6 +23,7 @@ DEMO_TASK = "sims/Reach-v0"
 DEMO_ENV_KWARGS = {"image_size": 64, "layout": "slots"}
 DEMO_EPISODES = 2400  # with all_targets: 800 scenes, each shown with every colour as the target
 DEMO_NOISE = 0.2
+DEMO_WORKERS = 2
 DEMO_RECIPE = "demo"
 DEMO_EVAL_SEED = 100_000
 DEMO_DEPLOY_SEED = 200_000
@@ -75,8 +76,8 @@ def run_demo(out: Path = Path("runs/demo"), force: bool = False, episodes: int |
 
         tmp = data.with_suffix(".partial.hdf5")
         tmp.unlink(missing_ok=True)
-        collect(DEMO_TASK, episodes=episodes, out=tmp, seed=0, workers=2, noise=DEMO_NOISE, env_kwargs=DEMO_ENV_KWARGS,
-                all_targets=True)
+        collect(DEMO_TASK, episodes=episodes, out=tmp, seed=0, workers=DEMO_WORKERS, noise=DEMO_NOISE,
+                env_kwargs=DEMO_ENV_KWARGS, all_targets=True)
         tmp.replace(data)
         from vla.data.inspect import dataset_summary, format_summary
 
@@ -140,7 +141,8 @@ def run_demo(out: Path = Path("runs/demo"), force: bool = False, episodes: int |
     def report_stage():
         from vla.report import write_report
 
-        collection = {"episodes": episodes, "first_seed": 0, "noise": DEMO_NOISE, "all_targets": True, "workers": 2}
+        collection = {"episodes": episodes, "first_seed": 0, "noise": DEMO_NOISE, "all_targets": True,
+                      "workers": DEMO_WORKERS}
         return write_report(out, task=DEMO_TASK, env_kwargs=DEMO_ENV_KWARGS, stage_log=log,
                             total_wall_s=time.perf_counter() - started, collection=collection)
 
