@@ -17,11 +17,9 @@ import importlib
 import json
 import sys
 
-import numpy as np
-
 from policies.base import Policy, Robot
 from policies.control_loop import ControlLoop, LoopReport
-from policies.safety import SafetyFilter
+from policies.safety import SafetyFilter, safety_filter_for
 
 
 def load_robot(spec: str, kwargs: dict | None = None) -> Robot:
@@ -38,18 +36,6 @@ def load_robot(spec: str, kwargs: dict | None = None) -> Robot:
     if missing:
         raise TypeError(f"{spec} is not a Robot: it lacks {', '.join(missing)}")
     return robot
-
-
-def safety_filter(metadata: dict, low=None, high=None, max_delta=None) -> SafetyFilter:
-    """The policy's action bounds (or [-1, 1]), narrowed by the operator's own."""
-    dim = metadata["action_dim"]
-    policy_low = np.asarray(metadata.get("action_low") or [-1.0] * dim, np.float32)
-    policy_high = np.asarray(metadata.get("action_high") or [1.0] * dim, np.float32)
-    if low is not None:
-        policy_low = np.maximum(policy_low, np.asarray(low, np.float32))
-    if high is not None:
-        policy_high = np.minimum(policy_high, np.asarray(high, np.float32))
-    return SafetyFilter(policy_low, policy_high, max_delta)
 
 
 def run_robot(policy: Policy, robot: Robot, rate_hz: float, prompt: str, max_steps: int, safety: SafetyFilter,
@@ -111,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
             policy = RemotePolicy(args.server, api_key=args.api_key)
         robot = load_robot(args.robot, _parse_kwargs(args.robot_kw))
-        safety = safety_filter(policy.metadata, args.action_low, args.action_high, args.max_delta)
+        safety = safety_filter_for(policy.metadata, args.action_low, args.action_high, args.max_delta)
     except (ValueError, TypeError, OSError, RuntimeError) as err:  # set-up problems: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -43,3 +43,16 @@ class SafetyFilter:
             safe = limited
         self.previous = safe
         return safe
+
+
+def safety_filter_for(metadata: dict, low=None, high=None, max_delta=None) -> SafetyFilter:
+    """A filter for a policy: its action bounds (metadata `action_low/high`, else [-1, 1]), narrowed by
+    the robot's or the operator's own `low` / `high`."""
+    dim = metadata["action_dim"]
+    policy_low = np.asarray(metadata.get("action_low") or [-1.0] * dim, np.float32)
+    policy_high = np.asarray(metadata.get("action_high") or [1.0] * dim, np.float32)
+    if low is not None:
+        policy_low = np.maximum(policy_low, np.asarray(low, np.float32))
+    if high is not None:
+        policy_high = np.minimum(policy_high, np.asarray(high, np.float32))
+    return SafetyFilter(policy_low, policy_high, max_delta)

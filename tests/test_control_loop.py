@@ -126,3 +126,14 @@ def test_realtime_loop_keeps_its_rate():
         report = loop.run(max_steps=10)
     elapsed = time.monotonic() - start
     assert report.steps == 10 and 0.17 < elapsed < 0.5
+
+
+def test_safety_filter_for_a_policy_narrows_its_bounds_by_the_robots():
+    from policies.safety import safety_filter_for
+
+    meta = {"action_dim": 2, "action_low": [-0.5, -2.0], "action_high": [0.5, 2.0]}
+    narrowed = safety_filter_for(meta, low=[-1.0, -1.0], high=[1.0, 0.2])
+    np.testing.assert_allclose(narrowed.low, [-0.5, -1.0])
+    np.testing.assert_allclose(narrowed.high, [0.5, 0.2])
+    unbounded = safety_filter_for({"action_dim": 3})
+    np.testing.assert_allclose(unbounded.low, [-1, -1, -1])

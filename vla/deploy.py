@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 
 from policies.control_loop import ControlLoop
-from policies.safety import SafetyFilter
+from policies.safety import safety_filter_for
 from policies.sim_robot import SimRobot
 from vla.evaluation import summarize
 
@@ -35,15 +35,11 @@ def deploy(env_id: str, rate_hz: float, episodes: int, seed: int = 200_000, poli
     env_args = meta.get("env_args", {})
     env_kwargs = dict(env_args.get("env_kwargs", {})) if env_args.get("env_name") == env_id else {}
     env = gym.make(env_id, **env_kwargs)
-    action_dim = env.action_space.shape[0]
-    low = meta.get("action_low", env.action_space.low.tolist())
-    high = meta.get("action_high", env.action_space.high.tolist())
     # The robot's own limits bound whatever the data's range says.
-    low = np.maximum(np.asarray(low, np.float32)[:action_dim], env.action_space.low)
-    high = np.minimum(np.asarray(high, np.float32)[:action_dim], env.action_space.high)
+    safety = safety_filter_for(meta, env.action_space.low, env.action_space.high, max_delta)
     robot = SimRobot(env, seed=seed)
     results, loop_rows = [], []
-    with ControlLoop(policy, robot, rate_hz=rate_hz, safety=SafetyFilter(low, high, max_delta), chunk_mode=chunk_mode,
+    with ControlLoop(policy, robot, rate_hz=rate_hz, safety=safety, chunk_mode=chunk_mode,
                      execute=execute, realtime=realtime) as loop:
         for i in range(episodes):
             robot.reset(seed + i)
