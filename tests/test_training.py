@@ -114,11 +114,12 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, demos):
     single = subprocess.run([sys.executable, "-m", "vla.cli", "train", "--config", config, "--out", str(tmp_path / "one")],
                             capture_output=True, text=True, timeout=300, env=env)
     assert single.returncode == 0, single.stderr[-2000:]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-              "--cpu", "--mixed_precision", "no", "--dynamo_backend", "no",
+    # torchrun, not `accelerate launch --cpu`: the latter starts a single process unless MPI is installed.
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
               "-m", "vla.cli", "train", "--config", config, "--out", str(tmp_path / "two")]
     double = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=env)
     assert double.returncode == 0, double.stderr[-2000:]
+    assert json.loads((tmp_path / "two" / "train_summary.json").read_text())["processes"] == 2
     a = load_file(tmp_path / "one" / "policy" / "model.safetensors")
     b = load_file(tmp_path / "two" / "policy" / "model.safetensors")
     assert a.keys() == b.keys()

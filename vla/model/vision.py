@@ -79,6 +79,10 @@ class VisionEncoder(nn.Module):
         self.layers = sorted({i % depth for i in config.feature_layers})
         if any(not -depth <= i < depth for i in config.feature_layers):
             raise ValueError(f"feature_layers {config.feature_layers} out of range for a {depth}-block ViT")
+        # Blocks past the last feature layer and the final norm never reach the loss; drop them, or
+        # DDP stops on parameters without gradients (and they would be exported for nothing).
+        self.vit.blocks = self.vit.blocks[: self.layers[-1] + 1]
+        self.vit.norm = nn.Identity()
         self.width = self.vit.embed_dim
         self.out_dim = self.width * len(self.layers)
         self.num_patches = self.vit.patch_embed.num_patches
@@ -112,12 +116,11 @@ class VisionEncoder(nn.Module):
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
         x = self._modulate(x, film, 0)
         features = []
-        for i, block in enumerate(vit.blocks[: self.layers[-1] + 1]):
+        for i, block in enumerate(vit.blocks):
             x = self._modulate(block(x), film, i + 1)
             if i in self.layers:
                 features.append(x[:, self.num_prefix :])
         return torch.cat(features, dim=-1)
-
 
     def _modulate(self, x: torch.Tensor, film: torch.Tensor | None, index: int) -> torch.Tensor:
         if self.film is None:

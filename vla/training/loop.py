@@ -269,7 +269,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
             return {"stopped_at": done}
     bar.close()
     wall = time.perf_counter() - train_start
-    summary = {**last, "steps": config.steps, "resumed_from": start_step, "train_wall_s": wall,
+    summary = {**last, "steps": config.steps, "resumed_from": start_step, "processes": world, "train_wall_s": wall,
                "mean_samples_per_s": samples_done / max(wall, 1e-9)}
     if main:
         unwrapped.eval()
