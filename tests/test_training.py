@@ -1,15 +1,17 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import yaml
+from helpers import TINY_OVERRIDES, observation
 from safetensors.torch import load_file
 
-from helpers import TINY_OVERRIDES
 from vla.cli import main
 from vla.data.collect import collect
 from vla.errors import ConfigError, DatasetError
@@ -59,8 +61,9 @@ def test_training_writes_config_metrics_checkpoints_and_policy(tmp_path, demos):
     assert np.isfinite(losses(run)).all() and losses(run)[-1] < losses(run)[0]
 
 
-def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, demos):
-    config = load_train_config(recipe(tmp_path, demos))
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, demos, lora_rank):
+    config = load_train_config(recipe(tmp_path, demos), [f"model.lora.rank={lora_rank}"])
     train(config, tmp_path / "straight", progress=False)
     assert train(config, tmp_path / "resumed", progress=False, stop_at_step=4) == {"stopped_at": 4}
     assert len(losses(tmp_path / "resumed")) == 4
@@ -107,21 +110,83 @@ def test_cli_train_and_eval_a_checkpoint(tmp_path, demos, capsys):
     assert any(p.suffix == ".mp4" for p in (tmp_path / "eval").iterdir())
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path, demos):
-    # FiLM's input norm uses batch statistics, which a split batch changes; this test is about DDP.
-    config = recipe(tmp_path, demos, steps=3, checkpoint_every=3, log_every=1, model={**TINY_OVERRIDES, "film": False})
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "vla.cli", "train", "--config", config, "--out", str(tmp_path / "one")],
-                            capture_output=True, text=True, timeout=300, env=env)
-    assert single.returncode == 0, single.stderr[-2000:]
-    # torchrun, not `accelerate launch --cpu`: the latter starts a single process unless MPI is installed.
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-              "-m", "vla.cli", "train", "--config", config, "--out", str(tmp_path / "two")]
-    double = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=env)
-    assert double.returncode == 0, double.stderr[-2000:]
-    assert json.loads((tmp_path / "two" / "train_summary.json").read_text())["processes"] == 2
-    a = load_file(tmp_path / "one" / "policy" / "model.safetensors")
-    b = load_file(tmp_path / "two" / "policy" / "model.safetensors")
+def _train_cli(config: str, out, processes: int) -> dict:
+    """`vla train` in 1 process, or in several through torchrun (not `accelerate launch --cpu`, which
+    starts a single process unless MPI is installed)."""
+    launcher = [sys.executable] if processes == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    run = subprocess.run([*launcher, "-m", "vla.cli", "train", "--config", config, "--out", str(out)],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads((out / "train_summary.json").read_text())
+
+
+def _assert_same_weights(a_dir, b_dir):
+    a = load_file(a_dir / "policy" / "model.safetensors")
+    b = load_file(b_dir / "policy" / "model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_two_processes_match_one_and_resume_its_checkpoint(tmp_path, demos):
+    # FiLM's input norm uses batch statistics, which a split batch changes; this test is about DDP.
+    config = recipe(tmp_path, demos, steps=6, checkpoint_every=3, keep_checkpoints=3,
+                    model={**TINY_OVERRIDES, "film": False})
+    assert _train_cli(config, tmp_path / "one", processes=1)["processes"] == 1
+    assert _train_cli(config, tmp_path / "two", processes=2)["processes"] == 2
+    _assert_same_weights(tmp_path / "one", tmp_path / "two")
+    np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-4)
+
+    # A one-process run interrupted at step 3, resumed on two processes, ends where the straight run does.
+    shutil.copytree(tmp_path / "one", tmp_path / "moved")
+    shutil.rmtree(tmp_path / "moved" / "checkpoints" / "step_000006")
+    shutil.rmtree(tmp_path / "moved" / "policy")
+    summary = _train_cli(config, tmp_path / "moved", processes=2)
+    assert summary["resumed_from"] == 3 and summary["processes"] == 2
+    _assert_same_weights(tmp_path / "one", tmp_path / "moved")
+    np.testing.assert_allclose(losses(tmp_path / "moved"), losses(tmp_path / "one"), rtol=1e-4)
+
+
+def test_fsdp2_sharded_training_checkpoints_and_resumes(tmp_path):
+    """accelerate's FSDP2 wrapping with configs/accelerate/fsdp.yaml, on 2 CPU processes (tests/fsdp_worker.py)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    from vla.model.vla import VLA
+
+    root = Path(__file__).resolve().parents[1]
+    args = launch_command_parser().parse_args(["--config_file", str(root / "configs/accelerate/fsdp.yaml"), "x.py"])
+    env = prepare_multi_gpu_env(_validate_launch_command(args)[0])  # the FSDP_* variables `accelerate launch` sets
+    assert env["FSDP_VERSION"] == "2" and env["FSDP_TRANSFORMER_CLS_TO_WRAP"] == "LlamaDecoderLayer,Block"
+    env.update(OMP_NUM_THREADS="1", ACCELERATE_MIXED_PRECISION="no")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(root / "tests" / "fsdp_worker.py"), str(tmp_path)],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=root)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    np.testing.assert_allclose(result["sharded_losses"], result["reference_losses"], rtol=1e-5)
+    assert result["sharded_vs_reference"] < 1e-5
+    np.testing.assert_allclose(result["resumed_losses"], result["sharded_losses"][3:], rtol=1e-6)
+    assert result["resumed_vs_sharded"] < 1e-6
+    assert result["gathered_keys_match_plain_model"]
+    # The checkpoint written from the sharded model is a plain policy directory.
+    policy = VLA.from_pretrained(tmp_path / "run" / "checkpoints" / "step_000003")
+    assert policy.predict_action(observation()).shape == (policy.config.chunk_size, policy.config.action_dim)
+
+
+def test_deepspeed_is_refused_with_a_pointer_to_fsdp(tmp_path, demos, monkeypatch):
+    from accelerate.utils import DistributedType
+
+    import vla.training.loop as loop
+
+    class DeepSpeedAccelerator:  # accelerate runs DeepSpeed on GPUs only; this stands in for one
+        distributed_type = DistributedType.DEEPSPEED
+
+        def __init__(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(loop, "Accelerator", DeepSpeedAccelerator)
+    with pytest.raises(ConfigError, match="configs/accelerate/fsdp.yaml"):
+        train(load_train_config(recipe(tmp_path, demos)), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from policies.actions import ActionTokenizer
@@ -236,12 +236,17 @@ class VLA(nn.Module):
             )
         return model.to(device).eval()
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write config.json, model.safetensors, norm_stats.json and tokenizer.json, atomically."""
+    def save_pretrained(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write config.json, model.safetensors, norm_stats.json and tokenizer.json, atomically.
+
+        `state_dict` replaces this module's own weights (a sharded model's, gathered)."""
         path = Path(path)
         with atomic_directory(path) as tmp:
             (tmp / CONFIG_FILE).write_text(json.dumps({"model": to_dict(self.config), "meta": self.meta}, indent=2))
-            save_model(self, str(tmp / WEIGHTS_FILE))
+            if state_dict is None:
+                save_model(self, str(tmp / WEIGHTS_FILE))
+            else:
+                save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp / WEIGHTS_FILE))
             (tmp / NORM_STATS_FILE).write_text(json.dumps(self.norm_stats, indent=2))
             shutil.copyfile(self.text_tokenizer_file, tmp / TOKENIZER_FILE)
         self.text_tokenizer_file = path / TOKENIZER_FILE

@@ -2,6 +2,10 @@
 
     DIR/checkpoints/step_000500/   config.json model.safetensors norm_stats.json tokenizer.json trainer_state.pt
     DIR/policy/                    the final policy (a plain checkpoint directory)
+
+Weights and optimizer state are saved whole (unsharded, keyed by parameter name) through
+torch.distributed.checkpoint's state-dict API, which reads the same from a plain module, DDP and
+FSDP (1 and 2); so a run can resume on a different number of processes or a different wrapping.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_optimizer_state_dict
 
 from vla.errors import CheckpointError
 
@@ -48,10 +54,25 @@ def restore_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(run_dir: Path, step: int, model, trainer_state: dict, keep: int) -> Path:
-    """Write DIR/checkpoints/step_N (policy + trainer state) atomically, then drop all but the last `keep`."""
+def gather_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Unsharded model and optimizer state dicts on the CPU, keyed by parameter name, whatever wraps
+    `model` (nothing, DDP, FSDP). Every process must call it; the tensors arrive on rank 0 only."""
+    distributed = dist.is_available() and dist.is_initialized()
+    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=distributed))
+
+
+def restore_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load an unsharded optimizer state (from `gather_full_state`) into a possibly sharded optimizer.
+    Every process must call it, with the whole state."""
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def save_checkpoint(run_dir: Path, step: int, model, weights: dict, trainer_state: dict, keep: int) -> Path:
+    """Write DIR/checkpoints/step_N (policy + trainer state) atomically, then drop all but the last `keep`.
+
+    `model` gives the config, tokenizer and statistics; `weights` its unsharded state dict."""
     final = Path(run_dir) / "checkpoints" / f"step_{step:06d}"
-    model.save_pretrained(final)  # atomic on its own
+    model.save_pretrained(final, weights)  # atomic on its own
     tmp = final / f".{TRAINER_STATE}.tmp"
     torch.save(trainer_state, tmp)
     os.replace(tmp, final / TRAINER_STATE)

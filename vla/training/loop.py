@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from safetensors.torch import load_model
 from tqdm import tqdm
 
@@ -27,8 +27,10 @@ from vla.errors import ConfigError, DatasetError
 from vla.model.text import TOKENIZER_FILE, train_bpe
 from vla.model.vla import VLA, WEIGHTS_FILE
 from vla.training.checkpoints import (
+    gather_full_state,
     latest_checkpoint,
     load_trainer_state,
+    restore_optimizer,
     restore_rng_states,
     rng_states,
     save_checkpoint,
@@ -160,6 +162,9 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
     cuda = torch.cuda.is_available()
     precision = config.mixed_precision if config.mixed_precision != "auto" else ("bf16" if cuda else "no")
     accelerator = Accelerator(cpu=not cuda, mixed_precision=precision)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ConfigError("DeepSpeed is not supported by this loop: use FSDP (configs/accelerate/fsdp.yaml), "
+                          "whose full and grad-op sharding are ZeRO-3 and ZeRO-2 in PyTorch itself")
     main = accelerator.is_main_process
     set_seed(config.seed)
     if config.deterministic:
@@ -176,16 +181,16 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
     optimizer = make_optimizer(model, config)
     schedule = lambda s: lr_factor(s, config.optim.warmup_steps, config.steps, config.optim.min_lr_ratio)  # noqa: E731
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    start_step = 0
-    if prep.resume_from is not None:
-        state = load_trainer_state(prep.resume_from)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_rng_states(state["rng"])
-        start_step = state["step"]
     # The scheduler stays outside accelerate so it steps once per optimizer step, whatever the process count.
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped: VLA = accelerator.unwrap_model(model)
+    start_step = 0
+    if prep.resume_from is not None:
+        state = load_trainer_state(prep.resume_from)
+        restore_optimizer(model, optimizer, state["optimizer"])  # after prepare: FSDP has sharded it
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng_states(state["rng"])
+        start_step = state["step"]
 
     metrics_path = out_dir / METRICS_FILE
     history = _read_metrics(metrics_path, start_step) if main else []
@@ -231,10 +236,14 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
 
         if done % config.log_every == 0 or done == config.steps:
             elapsed = time.perf_counter() - window_start
+            # Each process saw its share of the batch; the logged figures are the whole batch's.
+            loss, accuracy = accelerator.reduce(
+                torch.tensor([window["loss"], window["accuracy"]], device=accelerator.device) / window["n"], "mean"
+            ).tolist()
             row = {
                 "step": done,
-                "loss": window["loss"] / window["n"],
-                "accuracy": window["accuracy"] / window["n"],
+                "loss": loss,
+                "accuracy": accuracy,
                 "l1": _decoded_l1(unwrapped, dataset, batch, out["predicted_ids"], indices[micro_batches[-1]]),
                 "lr": scheduler.get_last_lr()[0],
                 "samples_per_s": window["n"] * config.batch_size / max(elapsed, 1e-9),
@@ -250,20 +259,21 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
         final = done == config.steps
         interrupted = stop_at_step is not None and done >= stop_at_step
         if done % config.checkpoint_every == 0 or final or interrupted:
-            accelerator.wait_for_everyone()
+            weights, optimizer_state = gather_full_state(model, optimizer)
             if main:
                 state = {
                     "step": done,
-                    "optimizer": optimizer.state_dict(),
+                    "optimizer": optimizer_state,
                     "scheduler": scheduler.state_dict(),
                     "rng": rng_states(),
                     "config": to_dict(config),
                 }
-                checkpoint = save_checkpoint(out_dir, done, unwrapped, state, config.keep_checkpoints)
+                checkpoint = save_checkpoint(out_dir, done, unwrapped, weights, state, config.keep_checkpoints)
                 if evaluate_fn and config.eval.every and (done % config.eval.every == 0 or final):
                     result = evaluate_fn(checkpoint, done)
                     _log({"step": done, **{f"eval_{k}": v for k, v in result.items()}}, metrics_path, writer, None)
                     model.train()
+            accelerator.wait_for_everyone()
         if interrupted and not final:
             bar.close()
             return {"stopped_at": done}
@@ -271,9 +281,10 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
     wall = time.perf_counter() - train_start
     summary = {**last, "steps": config.steps, "resumed_from": start_step, "processes": world, "train_wall_s": wall,
                "mean_samples_per_s": samples_done / max(wall, 1e-9)}
+    weights, _ = gather_full_state(model, optimizer)
     if main:
         unwrapped.eval()
-        unwrapped.save_pretrained(out_dir / "policy")
+        unwrapped.save_pretrained(out_dir / "policy", weights)
         (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         writer.close()
     return summary
