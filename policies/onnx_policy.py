@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from policies.actions import ActionTokenizer
-from policies.preprocess import PromptTokenizer, normalize_state, resize_image
+from policies.preprocess import PromptTokenizer, normalize_state, resize_image, trim_prompt_padding
 
 POLICY_FILE = "policy.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -122,6 +122,9 @@ class OnnxPolicy:
         self.actions = ActionTokenizer(self.meta["norm_stats"]["action"], self.meta["vocab_size"], self.meta["n_bins"])
         self.chunk_shape = (self.meta["chunk_size"], self.meta["action_dim"])
         self._warned_resize = False
+        prompt_input = next(i for i in self.sessions[self.meta["files"][0]].get_inputs() if i.name == "prompt_ids")
+        # Exports before the prompt length was dynamic take the full padded length only.
+        self._prompt_length_is_dynamic = isinstance(prompt_input.shape[1], str)
         self._graph_runner = None
         if self.on_gpu and cuda_graphs and self.meta["decoding"] == "parallel":
             self._graph_runner = _CudaGraphRunner(self.path / "model.onnx", session_options["model.onnx"], self.meta,
@@ -212,7 +215,10 @@ class OnnxPolicy:
                 if "state" not in obs:
                     raise ValueError(f"observation is missing 'state' ({self.meta['state_dim']} values)")
                 states.append(normalize_state(obs["state"], self.meta["norm_stats"]["state"]))
-        feeds = {"images": np.stack(images), "prompt_ids": np.stack(ids), "prompt_mask": np.stack(masks)}
+        ids, masks = np.stack(ids), np.stack(masks)
+        if self._prompt_length_is_dynamic and self._graph_runner is None:
+            ids, masks = trim_prompt_padding(ids, masks)
+        feeds = {"images": np.stack(images), "prompt_ids": ids, "prompt_mask": masks}
         if states:
             feeds["state"] = np.stack(states).astype(np.float32)
         return feeds

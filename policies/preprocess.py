@@ -82,3 +82,14 @@ class PromptTokenizer:
             padded[-len(ids) :] = ids
             mask[-len(ids) :] = 1
         return padded, mask
+
+
+def trim_prompt_padding(ids, mask):
+    """Drop the leading columns that are padding in every row: ids, mask [B, L] -> [B, L'].
+
+    Prompts are left-padded and the model skips pads, so the actions do not change; the sequence
+    (and the compute of every layer) gets shorter. Works on numpy arrays and CPU torch tensors.
+    """
+    used = np.asarray(mask).any(axis=0)
+    start = int(used.argmax()) if used.any() else used.shape[0] - 1
+    return ids[:, start:], mask[:, start:]

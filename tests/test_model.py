@@ -7,6 +7,7 @@ import torch
 
 from helpers import fake_norm_stats, make_model, observation, sharpen, write_tokenizer
 from policies.actions import ActionTokenizer, action_statistics
+from policies.preprocess import trim_prompt_padding
 from vla.errors import CheckpointError
 from vla.model.vla import VLA, Batch
 
@@ -82,14 +83,29 @@ def test_loss_counts_only_action_tokens_and_ignores_padding(tmp_path):
     assert 0 < half < full
 
 
-def test_prompt_padding_does_not_change_actions(tmp_path):
-    model = make_model(tmp_path, decoding="autoregressive")
+def test_trim_prompt_padding_drops_only_columns_that_are_padding_in_every_row():
+    mask = np.array([[0, 0, 1, 1], [0, 0, 0, 1]])
+    ids = np.arange(8).reshape(2, 4)
+    trimmed_ids, trimmed_mask = trim_prompt_padding(ids, mask)
+    np.testing.assert_array_equal(trimmed_mask, [[1, 1], [0, 1]])
+    np.testing.assert_array_equal(trimmed_ids, [[2, 3], [6, 7]])
+    t_ids, t_mask = trim_prompt_padding(torch.from_numpy(ids), torch.from_numpy(mask))
+    assert torch.equal(t_mask, torch.tensor([[1, 1], [0, 1]]))
+    assert trim_prompt_padding(ids, np.zeros_like(mask))[1].shape == (2, 1)  # never empty
+
+
+@pytest.mark.parametrize("decoding", ["parallel", "autoregressive"])
+def test_prompt_padding_does_not_change_actions(tmp_path, decoding):
+    model = make_model(tmp_path, decoding=decoding)
     sharpen(model)
-    obs = observation(0)
-    a = model.predict_action_ids(model.prepare([obs]))
-    model.prompt_tokenizer.max_tokens = 60  # more pads in front of the prompt
-    b = model.predict_action_ids(model.prepare([obs]))
-    assert torch.equal(a, b)
+    observations = [observation(0, prompt="reach the red cube"), observation(1, prompt="move to the blue block")]
+    trimmed = model.prepare(observations)  # as policies run: columns of padding only are dropped
+    full = model.prepare(observations)
+    ids, masks = zip(*(model.prompt_tokenizer(o["prompt"]) for o in observations))
+    full.prompt_ids, full.prompt_mask = torch.from_numpy(np.stack(ids)), torch.from_numpy(np.stack(masks))
+    assert trimmed.prompt_ids.shape[1] < full.prompt_ids.shape[1] == model.config.max_prompt_tokens
+    assert not trimmed.prompt_mask.all()  # the shorter prompt keeps some padding
+    assert torch.equal(model.predict_action_ids(trimmed), model.predict_action_ids(full))
 
 
 def test_cross_attention_with_closed_gates_leaves_the_backbone_unchanged(tmp_path):

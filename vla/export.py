@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 from transformers import DynamicCache
 
-from policies.preprocess import PROMPT_TEMPLATE
+from policies.preprocess import PROMPT_TEMPLATE, trim_prompt_padding
 from vla.atomic import atomic_directory
 from vla.errors import VLAError
 from vla.model.text import TOKENIZER_FILE
@@ -150,12 +150,21 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names, output_name
     program.save(str(path))
 
 
+def _prefix_dynamic_shapes(model: VLA) -> tuple:
+    """Batch is dynamic; so is the prompt's length, so that a policy can drop the columns that
+    are padding in every row (prompts are left-padded) and run a shorter sequence."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    prompt = torch.export.Dim("prompt", min=1, max=model.config.max_prompt_tokens)
+    shapes = {"images": {0: batch}, "prompt_ids": {0: batch, 1: prompt}, "prompt_mask": {0: batch, 1: prompt},
+              "state": {0: batch}}
+    return tuple(shapes[name] for name in _prefix_names(model))
+
+
 def export_parallel(model: VLA, out: Path) -> list[str]:
     example = example_inputs(model, batch=2)
     names = _prefix_names(model)
-    batch_dim = torch.export.Dim("batch", min=1, max=1024)
-    dynamic = tuple({0: batch_dim} for _ in names)
-    _export(ParallelGraph(model), _inputs(example), out / "model.onnx", names, ["action_ids", "action_logits"], dynamic)
+    _export(ParallelGraph(model), _inputs(example), out / "model.onnx", names, ["action_ids", "action_logits"],
+            _prefix_dynamic_shapes(model))
     return ["model.onnx"]
 
 
@@ -167,7 +176,7 @@ def export_autoregressive(model: VLA, out: Path) -> list[str]:
     batch_dim = torch.export.Dim("batch", min=1, max=1024)
     prefill_out = ["logits", "token", "valid", "position", *_kv_names("present", layers)] + (["memory"] if cross else [])
     _export(PrefillGraph(model), _inputs(example), out / "prefill.onnx", names, prefill_out,
-            tuple({0: batch_dim} for _ in names))
+            _prefix_dynamic_shapes(model))
 
     # The decode step's example: the prefill's outputs for the same inputs, one token later.
     with torch.no_grad():
@@ -262,6 +271,8 @@ def check_parity(model: VLA, exported: Path, num_inputs: int, fp16: bool) -> dic
     while seen < num_inputs:
         size = 1 if seen < num_inputs // 2 else 4
         batch = example_inputs(model, batch=size, seed=seed)
+        if seed % 2:  # what policies run: the columns that are padding in every row dropped
+            batch.prompt_ids, batch.prompt_mask = trim_prompt_padding(batch.prompt_ids, batch.prompt_mask)
         seed += 1
         with torch.no_grad():
             torch_ids = model.predict_action_ids(batch).numpy()

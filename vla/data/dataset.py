@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from policies.actions import ActionTokenizer, action_statistics
-from policies.preprocess import PromptTokenizer, normalize_state, resize_image
+from policies.preprocess import PromptTokenizer, normalize_state, resize_image, trim_prompt_padding
 from vla.data.store import EpisodeReader
 from vla.errors import DatasetError
 from vla.model.vla import IGNORE_INDEX, Batch
@@ -125,10 +125,11 @@ class DemoDataset(torch.utils.data.Dataset):
                 offsets = torch.randint(0, 2 * shift + 1, (len(indices), 2))
             images = shift_images(images, shift, offsets)
         episodes = self.episode[indices]
+        prompt_ids, prompt_mask = trim_prompt_padding(self.prompt_ids[episodes], self.prompt_mask[episodes])
         return Batch(
             images=images,
-            prompt_ids=self.prompt_ids[episodes],
-            prompt_mask=self.prompt_mask[episodes],
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
             state=self.states[indices] if self.use_state else None,
             action_ids=self.action_ids[indices],
             aux_target=self.aux_target[indices] if self.aux_target is not None else None,

@@ -29,7 +29,7 @@ from safetensors.torch import load_model, save_file, save_model
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from policies.actions import ActionTokenizer
-from policies.preprocess import PromptTokenizer, normalize_state, resize_image
+from policies.preprocess import PromptTokenizer, normalize_state, resize_image, trim_prompt_padding
 from vla.atomic import atomic_directory
 from vla.config import from_dict, to_dict
 from vla.errors import CheckpointError
@@ -467,10 +467,11 @@ class VLA(nn.Module):
                     raise ValueError(f"observation is missing 'state' ({self.config.state_dim} values)")
                 states.append(normalize_state(obs["state"], self.norm_stats["state"]))
         device = next(self.parameters()).device
+        ids, masks = trim_prompt_padding(np.stack(ids), np.stack(masks))
         return Batch(
             images=torch.from_numpy(np.stack(images)).to(device),
-            prompt_ids=torch.from_numpy(np.stack(ids)).to(device),
-            prompt_mask=torch.from_numpy(np.stack(masks)).to(device),
+            prompt_ids=torch.from_numpy(ids).to(device),
+            prompt_mask=torch.from_numpy(masks).to(device),
             state=torch.from_numpy(np.stack(states)).to(device) if states else None,
         )
 
