@@ -148,21 +148,33 @@ def test_two_processes_match_one_and_resume_its_checkpoint(tmp_path, demos):
     np.testing.assert_allclose(losses(tmp_path / "moved"), losses(tmp_path / "one"), rtol=1e-4)
 
 
-def test_fsdp2_sharded_training_checkpoints_and_resumes(tmp_path):
-    """accelerate's FSDP2 wrapping with configs/accelerate/fsdp.yaml, on 2 CPU processes (tests/fsdp_worker.py)."""
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _launch_environment(config_name: str) -> dict:
+    """The environment `accelerate launch --config_file configs/accelerate/<name>.yaml` gives each process."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_multi_gpu_env
 
+    args = launch_command_parser().parse_args(["--config_file", str(ROOT / "configs/accelerate" / config_name), "x.py"])
+    return prepare_multi_gpu_env(_validate_launch_command(args)[0])
+
+
+def test_ddp_accelerate_config_launches_one_process_per_gpu():
+    env = _launch_environment("ddp.yaml")
+    assert env.get("ACCELERATE_USE_FSDP", "false") == "false" and env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+
+
+def test_fsdp2_sharded_training_checkpoints_and_resumes(tmp_path):
+    """accelerate's FSDP2 wrapping with configs/accelerate/fsdp.yaml, on 2 CPU processes (tests/fsdp_worker.py)."""
     from vla.model.vla import VLA
 
-    root = Path(__file__).resolve().parents[1]
-    args = launch_command_parser().parse_args(["--config_file", str(root / "configs/accelerate/fsdp.yaml"), "x.py"])
-    env = prepare_multi_gpu_env(_validate_launch_command(args)[0])  # the FSDP_* variables `accelerate launch` sets
+    env = _launch_environment("fsdp.yaml")
     assert env["FSDP_VERSION"] == "2" and env["FSDP_TRANSFORMER_CLS_TO_WRAP"] == "LlamaDecoderLayer,Block"
     env.update(OMP_NUM_THREADS="1", ACCELERATE_MIXED_PRECISION="no")
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(root / "tests" / "fsdp_worker.py"), str(tmp_path)],
-                         capture_output=True, text=True, timeout=300, env=env, cwd=root)
+                          str(ROOT / "tests" / "fsdp_worker.py"), str(tmp_path)],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
     np.testing.assert_allclose(result["sharded_losses"], result["reference_losses"], rtol=1e-5)
