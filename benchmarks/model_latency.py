@@ -2,10 +2,11 @@
 onnxruntime, parallel decoding of a chunk against autoregressive decoding of the same chunk and
 against OpenVLA's setting (autoregressive, one action per decision).
 
-    python benchmarks/model_latency.py [--presets tiny small] [--iters 30]
+    python benchmarks/model_latency.py [--presets tiny small] [--iters 100]
 
-Random weights (latency does not depend on their values). Each configuration is saved as a
-checkpoint and measured by `vla bench` (export included). Prints a table.
+Random weights (latency does not depend on their values). The three configurations of a preset are
+saved as checkpoints, exported, and timed together in interleaved rounds (`vla.bench.bench_checkpoints`),
+so a slow spell of the machine does not land on one of them only. Prints a table.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import random_model  # noqa: E402
 
-from vla.bench import bench  # noqa: E402
+from vla.bench import bench_checkpoints  # noqa: E402
 
 
 def configurations(chunk: int) -> list[tuple[str, int, str]]:
@@ -32,7 +33,7 @@ def configurations(chunk: int) -> list[tuple[str, int, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
-    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--iters", type=int, default=100)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch 1; p50 over {args.iters} calls")
     header = (f"{'preset':7s} {'params M':>9s} {'decoding':30s} {'runtime':12s} {'device':10s} {'p50 ms':>8s} "
@@ -41,16 +42,21 @@ def main() -> None:
     for preset in args.presets:
         chunk = random_model(preset).config.chunk_size
         per_action = {}
-        for decoding, k, label in configurations(chunk):
-            model = random_model(preset, decoding=decoding, chunk_size=k)
-            params = sum(p.numel() for p in model.parameters()) / 1e6
-            with tempfile.TemporaryDirectory() as tmp:
-                rows = bench(model.save_pretrained(Path(tmp) / "checkpoint"), iters=args.iters, decodings=(decoding,),
-                             progress=False)
-            for r in rows:
-                per_action[(label, r["runtime"], r["device"])] = r["per_action_ms"]
-                table.append(f"{preset:7s} {params:9.2f} {label:30s} {r['runtime']:12s} {r['device']:10s} "
-                             f"{r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['per_action_ms']:10.3f}")
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoints, labels, params = [], [], {}
+            for i, (decoding, k, label) in enumerate(configurations(chunk)):
+                model = random_model(preset, decoding=decoding, chunk_size=k)
+                params[label] = sum(p.numel() for p in model.parameters()) / 1e6
+                checkpoints.append(model.save_pretrained(Path(tmp) / f"checkpoint-{i}"))
+                labels.append(label)
+            # One call for the three, so that their calls are timed in interleaved rounds.
+            rows = bench_checkpoints(checkpoints, iters=args.iters, warmup=10, progress=False)
+        runtimes_per_checkpoint = len(rows) // len(checkpoints)
+        for i, r in enumerate(rows):
+            label = labels[i // runtimes_per_checkpoint]
+            per_action[(label, r["runtime"], r["device"])] = r["per_action_ms"]
+            table.append(f"{preset:7s} {params[label]:9.2f} {label:30s} {r['runtime']:12s} {r['device']:10s} "
+                         f"{r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['per_action_ms']:10.3f}")
             print(table[-1], flush=True)
         for runtime in ("torch", "onnxruntime"):
             fast = per_action.get((f"parallel, K={chunk}", runtime, "cpu"))

@@ -155,3 +155,12 @@ def test_fp16_export_passes_its_relative_parity_check(exported, tmp_path):
     assert meta["parity"]["mismatched_tokens"] <= 0.01 * meta["parity"]["tokens"]
     actions = OnnxPolicy(tmp_path / "fp16", verbose=False).act(observation(seed=3))
     assert actions.shape == (2, 4) and actions.dtype == np.float32
+
+
+def test_bench_times_every_runner_in_interleaved_rounds():
+    from vla.bench import time_interleaved
+
+    calls = []
+    times = time_interleaved([lambda: calls.append("a"), lambda: calls.append("b")], warmup=1, iters=4, rounds=2)
+    assert [len(t) for t in times] == [4, 4]
+    assert "".join(calls) == "aaa" + "bbb" + "aaa" + "bbb"  # per round: one uncounted call, then two timed

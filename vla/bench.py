@@ -1,4 +1,5 @@
-"""`vla bench`: decision latency of PyTorch eager against onnxruntime, parallel against autoregressive.
+"""`vla bench`: decision latency of PyTorch eager against onnxruntime, parallel against autoregressive,
+all timed in interleaved rounds (`time_interleaved`).
 
 The checkpoint's own decoding is measured with its weights. The other decoding is measured on the
 same architecture with random weights: latency does not depend on the weights' values, only on
@@ -37,6 +38,21 @@ def time_calls(fn, warmup: int, iters: int) -> np.ndarray:
     return out * 1000
 
 
+def time_interleaved(fns: list, warmup: int, iters: int, rounds: int = 5) -> list[np.ndarray]:
+    """Milliseconds per call of each function, `iters` calls each, taken in `rounds` interleaved
+    rounds: a shared machine's slow spells then fall on every function alike, which keeps the
+    ratios between them (parallel against autoregressive, onnxruntime against PyTorch) honest.
+    Each round starts with `warmup` calls that are not counted: just after a switch, the other
+    runtimes' thread pools are still spinning, which a control loop with one policy never sees."""
+    rounds = max(1, min(rounds, iters))
+    per_round = [iters // rounds + (r < iters % rounds) for r in range(rounds)]
+    times = [[] for _ in fns]
+    for n in per_round:
+        for fn, out in zip(fns, times):
+            out.append(time_calls(fn, warmup, n))
+    return [np.concatenate(t) for t in times]
+
+
 def _row(runtime: str, device: str, decoding: str, ms: np.ndarray, chunk: int, batch: int) -> dict:
     p50 = float(np.percentile(ms, 50))
     return {"runtime": runtime, "device": device, "decoding": decoding, "batch": batch, "p50_ms": p50,
@@ -54,45 +70,70 @@ def _sibling_checkpoint(model, decoding: str, directory: Path) -> Path:
     return sibling.save_pretrained(directory / f"checkpoint-{decoding}")
 
 
-def bench(path: str | Path, iters: int = 50, warmup: int = 5, batch: int = 1, decodings=("parallel", "autoregressive"),
-          prompt: str | None = None, progress: bool = True) -> list[dict]:
-    from policies.onnx_policy import OnnxPolicy, _cuda_device_count
-    from vla.export import export
-    from vla.model.vla import VLA
-
+def _source_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory; for an export, the checkpoint it was exported from."""
     resolved = resolve_policy_dir(path)
     if (resolved / "policy.json").exists():
         source = json.loads((resolved / "policy.json").read_text()).get("source")
         if not source or not Path(source).exists():
             raise FileNotFoundError(f"{resolved}: the PyTorch checkpoint it was exported from ({source}) is gone")
         resolved = Path(source)
+    return resolved
+
+
+def bench(path: str | Path, iters: int = 50, warmup: int = 5, batch: int = 1, decodings=("parallel", "autoregressive"),
+          prompt: str | None = None, progress: bool = True) -> list[dict]:
+    """A checkpoint (or the checkpoint behind an export) in each decoding: the other decoding is
+    measured on the same architecture with random weights."""
+    from vla.model.vla import VLA
+
+    resolved = _source_checkpoint(path)
     model = VLA.from_pretrained(resolved)
-    prompt = prompt or _training_prompt(model)
-    cuda = torch.cuda.is_available() and _cuda_device_count() > 0
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        for decoding in decodings:
-            checkpoint = resolved if decoding == model.config.decoding else _sibling_checkpoint(model, decoding, tmp)
-            exported = tmp / f"onnx-{decoding}"
+        checkpoints = [resolved if decoding == model.config.decoding else _sibling_checkpoint(model, decoding, Path(tmp))
+                       for decoding in decodings]
+        return bench_checkpoints(checkpoints, iters, warmup, batch, prompt or _training_prompt(model), progress)
+
+
+def bench_checkpoints(checkpoints: list[Path], iters: int = 50, warmup: int = 5, batch: int = 1,
+                      prompt: str | None = None, progress: bool = True) -> list[dict]:
+    """Export each checkpoint, then time PyTorch eager and onnxruntime on every device present,
+    all of them in interleaved rounds; one row per (checkpoint, runtime, device), in that order."""
+    from policies.onnx_policy import OnnxPolicy, _cuda_device_count
+    from vla.export import export
+    from vla.model.vla import VLA
+
+    cuda = torch.cuda.is_available() and _cuda_device_count() > 0
+    labels, fns = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, checkpoint in enumerate(checkpoints):
+            exported = Path(tmp) / f"onnx-{i}"
             export(checkpoint, exported, parity_inputs=4)
-            torch_model = VLA.from_pretrained(checkpoint)
-            obs = [_observation(torch_model.image_size, prompt, torch_model.config.state_dim, i) for i in range(batch)]
-            chunk = torch_model.config.chunk_size
-            devices = ["cpu"] + (["cuda"] if cuda else [])
-            for device in devices:
-                torch_model.to(device)
-                ms = time_calls(lambda: torch_model.predict_action(obs), warmup, iters)
-                rows.append(_row("torch", device, decoding, ms, chunk, batch))
-                _say(progress, rows[-1])
-            for device, graphs in [("cpu", False)] + ([("cuda", False), ("cuda", True)] if cuda else []):
-                policy = OnnxPolicy(exported, device=device, cuda_graphs=graphs, verbose=False)
-                ms = time_calls(lambda: policy.act_batch(obs), warmup, iters)
-                label = device + ("+cudagraph" if graphs and batch == 1 and decoding == "parallel" else "")
-                if graphs and label == device:
+            torch_model = VLA.from_pretrained(checkpoint, device="cuda" if cuda else "cpu")
+            config = torch_model.config
+            text = prompt or _training_prompt(torch_model)
+            obs = [_observation(torch_model.image_size, text, config.state_dim, j) for j in range(batch)]
+            shape = (config.decoding, config.chunk_size)
+            labels.append(("torch", "cuda" if cuda else "cpu", *shape))
+            fns.append(lambda m=torch_model, o=obs: m.predict_action(o))
+            if cuda:  # and on the CPU as well
+                cpu_model = VLA.from_pretrained(checkpoint)
+                labels.append(("torch", "cpu", *shape))
+                fns.append(lambda m=cpu_model, o=obs: m.predict_action(o))
+            onnx_devices = [("cpu", False)] + ([("cuda", False), ("cuda", True)] if cuda else [])
+            for device, graphs in onnx_devices:
+                if graphs and not (batch == 1 and config.decoding == "parallel"):
                     continue  # CUDA graphs only apply to the parallel graph at batch 1
-                rows.append(_row("onnxruntime", label, decoding, ms, chunk, batch))
-                _say(progress, rows[-1])
+                policy = OnnxPolicy(exported, device=device, cuda_graphs=graphs, verbose=False)
+                labels.append(("onnxruntime", device + ("+cudagraph" if graphs else ""), *shape))
+                fns.append(lambda p=policy, o=obs: p.act_batch(o))
+            if progress:
+                print(f"  exported {checkpoint} ({config.decoding}, K={config.chunk_size})", flush=True)
+        times = time_interleaved(fns, warmup, iters)
+    rows = []
+    for (runtime, device, decoding, chunk), ms in zip(labels, times):
+        rows.append(_row(runtime, device, decoding, ms, chunk, batch))
+        _say(progress, rows[-1])
     return rows
 
 
