@@ -43,17 +43,15 @@ def main() -> None:
         chunk = random_model(preset).config.chunk_size
         per_action = {}
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoints, labels, params = [], [], {}
+            label_of, params = {}, {}
             for i, (decoding, k, label) in enumerate(configurations(chunk)):
                 model = random_model(preset, decoding=decoding, chunk_size=k)
                 params[label] = sum(p.numel() for p in model.parameters()) / 1e6
-                checkpoints.append(model.save_pretrained(Path(tmp) / f"checkpoint-{i}"))
-                labels.append(label)
+                label_of[str(model.save_pretrained(Path(tmp) / f"checkpoint-{i}"))] = label
             # One call for the three, so that their calls are timed in interleaved rounds.
-            rows = bench_checkpoints(checkpoints, iters=args.iters, warmup=10, progress=False)
-        runtimes_per_checkpoint = len(rows) // len(checkpoints)
-        for i, r in enumerate(rows):
-            label = labels[i // runtimes_per_checkpoint]
+            rows = bench_checkpoints(list(label_of), iters=args.iters, warmup=10, progress=False)
+        for r in rows:
+            label = label_of[r["checkpoint"]]
             per_action[(label, r["runtime"], r["device"])] = r["per_action_ms"]
             table.append(f"{preset:7s} {params[label]:9.2f} {label:30s} {r['runtime']:12s} {r['device']:10s} "
                          f"{r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['per_action_ms']:10.3f}")

@@ -98,7 +98,7 @@ def bench(path: str | Path, iters: int = 50, warmup: int = 5, batch: int = 1, de
 def bench_checkpoints(checkpoints: list[Path], iters: int = 50, warmup: int = 5, batch: int = 1,
                       prompt: str | None = None, progress: bool = True) -> list[dict]:
     """Export each checkpoint, then time PyTorch eager and onnxruntime on every device present,
-    all of them in interleaved rounds; one row per (checkpoint, runtime, device), in that order."""
+    all of them in interleaved rounds; one row per (checkpoint, runtime, device), which it names."""
     from policies.onnx_policy import OnnxPolicy, _cuda_device_count
     from vla.export import export
     from vla.model.vla import VLA
@@ -114,25 +114,25 @@ def bench_checkpoints(checkpoints: list[Path], iters: int = 50, warmup: int = 5,
             text = prompt or _training_prompt(torch_model)
             obs = [_observation(torch_model.image_size, text, config.state_dim, j) for j in range(batch)]
             shape = (config.decoding, config.chunk_size)
-            labels.append(("torch", "cuda" if cuda else "cpu", *shape))
+            labels.append((checkpoint, "torch", "cuda" if cuda else "cpu", *shape))
             fns.append(lambda m=torch_model, o=obs: m.predict_action(o))
             if cuda:  # and on the CPU as well
                 cpu_model = VLA.from_pretrained(checkpoint)
-                labels.append(("torch", "cpu", *shape))
+                labels.append((checkpoint, "torch", "cpu", *shape))
                 fns.append(lambda m=cpu_model, o=obs: m.predict_action(o))
             onnx_devices = [("cpu", False)] + ([("cuda", False), ("cuda", True)] if cuda else [])
             for device, graphs in onnx_devices:
                 if graphs and not (batch == 1 and config.decoding == "parallel"):
                     continue  # CUDA graphs only apply to the parallel graph at batch 1
                 policy = OnnxPolicy(exported, device=device, cuda_graphs=graphs, verbose=False)
-                labels.append(("onnxruntime", device + ("+cudagraph" if graphs else ""), *shape))
+                labels.append((checkpoint, "onnxruntime", device + ("+cudagraph" if graphs else ""), *shape))
                 fns.append(lambda p=policy, o=obs: p.act_batch(o))
             if progress:
                 print(f"  exported {checkpoint} ({config.decoding}, K={config.chunk_size})", flush=True)
         times = time_interleaved(fns, warmup, iters)
     rows = []
-    for (runtime, device, decoding, chunk), ms in zip(labels, times):
-        rows.append(_row(runtime, device, decoding, ms, chunk, batch))
+    for (checkpoint, runtime, device, decoding, chunk), ms in zip(labels, times):
+        rows.append({**_row(runtime, device, decoding, ms, chunk, batch), "checkpoint": str(checkpoint)})
         _say(progress, rows[-1])
     return rows
 
