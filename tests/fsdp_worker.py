@@ -26,10 +26,10 @@ import torch
 import torch.distributed as dist
 from accelerate.utils import FullyShardedDataParallelPlugin
 from accelerate.utils.fsdp_utils import fsdp2_prepare_model
-from helpers import make_model, observation
 from safetensors.torch import load_model
 from torch.distributed.fsdp import FSDPModule
 
+from helpers import make_model, observation
 from vla.training.checkpoints import gather_full_state, restore_optimizer, save_checkpoint
 
 BATCH = 8

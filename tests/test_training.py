@@ -9,9 +9,9 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-from helpers import TINY_OVERRIDES, observation
 from safetensors.torch import load_file
 
+from helpers import TINY_OVERRIDES, observation
 from vla.cli import main
 from vla.data.collect import collect
 from vla.errors import ConfigError, DatasetError

@@ -212,6 +212,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
     train_start = time.perf_counter()
     samples_done = 0
     last = {}
+    weights = None  # the last checkpoint's gathered weights: the final step always checkpoints
     model.train()
     for step in range(start_step, config.steps):
         indices = order.batch(step, config.batch_size)
@@ -281,7 +282,8 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
     wall = time.perf_counter() - train_start
     summary = {**last, "steps": config.steps, "resumed_from": start_step, "processes": world, "train_wall_s": wall,
                "mean_samples_per_s": samples_done / max(wall, 1e-9)}
-    weights, _ = gather_full_state(model, optimizer)
+    if weights is None:  # resumed a finished run: no step ran
+        weights, _ = gather_full_state(model, optimizer)
     if main:
         unwrapped.eval()
         unwrapped.save_pretrained(out_dir / "policy", weights)
