@@ -4,16 +4,19 @@
     actions = policy.act({"image": rgb_uint8, "state": state, "prompt": "reach the red cube"})  # [K, D]
 
 Providers are chosen by what the machine really has (a CUDA driver with a device, the provider
-libraries), with one line saying which. On a GPU, inputs and outputs are bound to device memory
-(IO binding), the KV cache stays on the device between decode steps, and the parallel graph
-replays a captured CUDA graph at batch 1.
+libraries), with one line saying which. The export's reference inputs are run on the chosen
+provider at load: a provider whose answers differ from the export's falls back to the next one
+(TensorRT, then CUDA, then the CPU) with a warning, and the policy refuses to load only when the
+CPU disagrees too. Autoregressive decoding keeps the KV cache where the provider computes it
+(IO binding: on the GPU it never crosses to the host between steps); on a GPU the parallel graph
+replays a captured CUDA graph at batch 1, and falls back to the plain session if that fails.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import json
+import hashlib
 import os
 import sys
 import warnings
@@ -22,15 +25,16 @@ from pathlib import Path
 import numpy as np
 
 from policies.actions import ActionTokenizer
-from policies.preprocess import PromptTokenizer, normalize_state, resize_image, trim_prompt_padding
+from policies.preprocess import ObservationEncoder
+from policies.spec import POLICY_FILE, PolicySpec, PolicySpecError
 
-POLICY_FILE = "policy.json"
 TOKENIZER_FILE = "tokenizer.json"
-SUPPORTED_FORMAT = 1
+REFERENCE_FILE = "reference.npz"
+MAX_TENSORRT_BATCH = 8
 
 
 class PolicyLoadError(RuntimeError):
-    """The exported directory is missing a file or its files disagree."""
+    """The exported directory is missing a file, its files disagree, or no provider runs it correctly."""
 
 
 def _cuda_device_count() -> int:
@@ -61,203 +65,259 @@ def _loadable(name: str) -> bool:
         return False
 
 
-def choose_providers(device: str = "auto") -> tuple[list, str]:
-    """-> (providers for InferenceSession, a one-line reason). device: auto, cpu, cuda or tensorrt."""
+def provider_chain(device: str = "auto") -> tuple[list[tuple[str, list]], str]:
+    """-> (candidates, why): each candidate a (label, providers) to try in order; the last is the CPU.
+    device: auto, cpu, cuda or tensorrt."""
     import onnxruntime as ort
 
     if device not in ("auto", "cpu", "cuda", "tensorrt"):
         raise ValueError(f"device must be auto, cpu, cuda or tensorrt, got {device!r}")
-    available = ort.get_available_providers()
+    cpu = ("CPU", ["CPUExecutionProvider"])
     if device == "cpu":
-        return ["CPUExecutionProvider"], "CPU (asked for)"
+        return [cpu], "asked for"
+    available = ort.get_available_providers()
     gpus = _cuda_device_count()
     if gpus == 0 or "CUDAExecutionProvider" not in available:
         why = "no CUDA device" if gpus == 0 else "onnxruntime was built without CUDA (install onnxruntime-gpu)"
         if device != "auto":
             raise RuntimeError(f"device={device!r} asked for, but {why}")
-        return ["CPUExecutionProvider"], f"CPU ({why})"
+        return [cpu], why
     if hasattr(ort, "preload_dlls"):
         try:
             ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels, when torch is not there to load them
         except Exception:
             pass
-    providers: list = []
+    cuda = ("CUDA", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    chain = []
     if device in ("auto", "tensorrt") and "TensorrtExecutionProvider" in available and _tensorrt_present():
-        providers.append(("TensorrtExecutionProvider", {"trt_fp16_enable": "1", "trt_engine_cache_enable": "1"}))
+        chain.append(("TensorRT", ["TensorrtExecutionProvider", *cuda[1]]))
     elif device == "tensorrt":
         raise RuntimeError("device='tensorrt' asked for, but the TensorRT libraries are not installed")
-    providers += ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return providers, f"{'TensorRT + ' if len(providers) == 3 else ''}CUDA ({gpus} device{'s' if gpus > 1 else ''})"
+    chain += [cuda, cpu] if device != "tensorrt" else [cpu]
+    return chain, f"{gpus} CUDA device{'s' if gpus > 1 else ''}"
+
+
+def tensorrt_options(spec: PolicySpec, path: Path, graph: str) -> dict:
+    """TensorRT provider options: an engine cache per export, and one optimization profile that
+    covers batch 1..MAX_TENSORRT_BATCH and every prompt length (the prompt's length is dynamic)."""
+    def shapes(batch: int, prompt: int) -> str:
+        dims = [f"{key}:{batch}x{spec.image_size}x{spec.image_size}x3" for key in spec.image_keys]
+        dims += [f"prompt_ids:{batch}x{prompt}", f"prompt_mask:{batch}x{prompt}"]
+        if spec.state_dim:
+            dims.append(f"state:{batch}x{spec.state_dim}")
+        return ",".join(dims)
+
+    return {
+        "trt_fp16_enable": "1",
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": str(engine_cache_dir(path)),
+        "trt_timing_cache_enable": "1",
+        "trt_profile_min_shapes": shapes(1, 1),
+        "trt_profile_opt_shapes": shapes(1, spec.max_prompt_tokens),
+        "trt_profile_max_shapes": shapes(MAX_TENSORRT_BATCH, spec.max_prompt_tokens),
+    }
+
+
+def engine_cache_dir(path: Path) -> Path:
+    """`$VLA_TRT_CACHE` or ~/.cache/vla/tensorrt, one folder per export (by its graphs' content)."""
+    digest = hashlib.sha256()
+    for graph in sorted(path.glob("*.onnx")):
+        digest.update(graph.name.encode())
+        digest.update(str(graph.stat().st_size).encode())
+        with open(graph, "rb") as f:
+            digest.update(f.read(1 << 20))
+    root = Path(os.environ.get("VLA_TRT_CACHE", Path.home() / ".cache" / "vla" / "tensorrt"))
+    cache = root / digest.hexdigest()[:16]
+    cache.mkdir(parents=True, exist_ok=True)
+    return cache
 
 
 class OnnxPolicy:
     """Policy protocol over an exported directory. act(observation) -> float32 [K, D]."""
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
-                 cuda_graphs: bool = True, verbose: bool = True):
+                 cuda_graphs: bool = True, verbose: bool = True, check_reference: bool = True):
         import onnxruntime as ort
 
         ort.set_default_logger_severity(3)  # errors only: no provider warnings on CPU-only machines
         self.path = Path(path)
-        self.meta = self._read_metadata(self.path)
-        self.providers, why = choose_providers(device)
-        self.sessions, session_options = {}, {}
-        for name in self.meta["files"]:
-            options = session_options[name] = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.intra_op_num_threads = threads or default_cpu_threads(self.path, name)
-            options.inter_op_num_threads = 1
-            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            self.sessions[name] = self._session(name, options)
-        active = self.sessions[self.meta["files"][0]].get_providers()
-        self.on_gpu = "CUDAExecutionProvider" in active or "TensorrtExecutionProvider" in active
-        if "CUDAExecutionProvider" in [p if isinstance(p, str) else p[0] for p in self.providers] and not self.on_gpu:
-            why = "CPU (the CUDA provider failed to load; check the CUDA and cuDNN libraries)"
-        self.device_description = why
-        if verbose:
-            print(f"OnnxPolicy: {self.path.name} ({self.meta['decoding']}) on {why}", file=sys.stderr)
-        self._check_graphs()
+        try:
+            self.spec = PolicySpec.load(self.path)
+        except PolicySpecError as err:
+            raise PolicyLoadError(str(err)) from None
+        for name in [*self.spec.files, TOKENIZER_FILE]:
+            if not (self.path / name).exists():
+                raise PolicyLoadError(f"{self.path}: missing {name} (listed in {POLICY_FILE})")
+        self.threads = threads
+        self.encoder = ObservationEncoder.for_spec(self.spec, self.path / TOKENIZER_FILE)
+        self.actions = ActionTokenizer(self.spec.norm_stats["action"], self.spec.vocab_size, self.spec.n_bins)
+        self.chunk_shape = (self.spec.chunk_size, self.spec.action_dim)
 
-        self.prompts = PromptTokenizer(self.path / TOKENIZER_FILE, self.meta["max_prompt_tokens"], self.meta["pad_id"])
-        self.actions = ActionTokenizer(self.meta["norm_stats"]["action"], self.meta["vocab_size"], self.meta["n_bins"])
-        self.chunk_shape = (self.meta["chunk_size"], self.meta["action_dim"])
-        self._warned_resize = False
-        prompt_input = next(i for i in self.sessions[self.meta["files"][0]].get_inputs() if i.name == "prompt_ids")
+        chain, why = provider_chain(device)
+        reference = self._reference() if check_reference else None
+        for i, (label, providers) in enumerate(chain):
+            last = i == len(chain) - 1
+            try:
+                self.sessions = {name: self._session(name, providers, label) for name in self.spec.files}
+                self._check_graphs()
+                active = self.sessions[self.spec.files[0]].get_providers()
+                if label != "CPU" and active[0] == "CPUExecutionProvider":
+                    raise RuntimeError(f"the {label} provider did not load (check the CUDA and cuDNN libraries)")
+                self.on_gpu = active[0] != "CPUExecutionProvider"
+                self._device_type = "cuda" if self.on_gpu else "cpu"
+                self._graph_runner = self._cuda_graph_runner() if self.on_gpu and cuda_graphs else None
+                if reference is not None:
+                    self._check_reference(reference, label)
+                break
+            except PolicyLoadError:
+                raise
+            except Exception as err:
+                message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                if last:
+                    raise PolicyLoadError(f"{self.path}: {label}: {message}") from None
+                warnings.warn(f"OnnxPolicy: {label} unusable ({message}); falling back to {chain[i + 1][0]}",
+                              stacklevel=2)
+                why = f"{label} failed"
+        self.device_description = f"{label} ({why})"
+        if verbose:
+            print(f"OnnxPolicy: {self.path.name} ({self.spec.decoding}) on {self.device_description}", file=sys.stderr)
         # Exports before the prompt length was dynamic take the full padded length only.
+        prompt_input = next(i for i in self.sessions[self.spec.files[0]].get_inputs() if i.name == "prompt_ids")
         self._prompt_length_is_dynamic = isinstance(prompt_input.shape[1], str)
-        self._graph_runner = None
-        if self.on_gpu and cuda_graphs and self.meta["decoding"] == "parallel":
-            self._graph_runner = _CudaGraphRunner(self.path / "model.onnx", session_options["model.onnx"], self.meta,
-                                                  self._input_names("model.onnx"))
-        self.metadata = {
-            "runtime": "onnxruntime",
-            "device": why,
-            "providers": active,
-            "decoding": self.meta["decoding"],
-            "action_dim": self.meta["action_dim"],
-            "chunk_size": self.meta["chunk_size"],
-            "image_size": self.meta["image_size"],
-            "state_dim": self.meta["state_dim"],
-            "control_hz": self.meta["control_hz"],
-            "action_low": self.meta["action_low"],
-            "action_high": self.meta["action_high"],
-            "env_args": self.meta.get("env_args", {}),
-        }
+        self.metadata = self.spec.metadata(runtime="onnxruntime", device=self.device_description,
+                                           providers=self.sessions[self.spec.files[0]].get_providers())
 
     # ------------------------------------------------------------------ loading
-    @staticmethod
-    def _read_metadata(path: Path) -> dict:
-        if not (path / POLICY_FILE).exists():
-            raise PolicyLoadError(f"{path}: no {POLICY_FILE}; not an exported policy (run `vla export` first)")
-        try:
-            meta = json.loads((path / POLICY_FILE).read_text())
-        except json.JSONDecodeError as err:
-            raise PolicyLoadError(f"{path / POLICY_FILE}: invalid JSON ({err})") from None
-        if meta.get("format_version") != SUPPORTED_FORMAT:
-            raise PolicyLoadError(f"{path / POLICY_FILE}: format_version {meta.get('format_version')!r}, "
-                                  f"this runtime reads {SUPPORTED_FORMAT}")
-        required = ("decoding", "files", "image_size", "max_prompt_tokens", "pad_id", "action_dim", "chunk_size",
-                    "n_bins", "vocab_size", "norm_stats", "state_dim")
-        missing = [k for k in required if k not in meta]
-        if missing:
-            raise PolicyLoadError(f"{path / POLICY_FILE}: missing keys {missing}")
-        for name in [*meta["files"], TOKENIZER_FILE]:
-            if not (path / name).exists():
-                raise PolicyLoadError(f"{path}: missing {name} (listed in {POLICY_FILE})")
-        return meta
-
-    def _session(self, name: str, options):
+    def _session(self, name: str, providers: list, label: str):
         import onnxruntime as ort
 
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.threads or default_cpu_threads(self.path, name)
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if label == "TensorRT":
+            if name == "decode.onnx":  # one token at a time over a growing cache: CUDA serves it
+                providers = providers[1:]
+            else:
+                providers = [("TensorrtExecutionProvider", tensorrt_options(self.spec, self.path, name)), *providers[1:]]
         try:
-            return ort.InferenceSession(str(self.path / name), sess_options=options, providers=self.providers)
+            return ort.InferenceSession(str(self.path / name), sess_options=options, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types for damaged files
-            raise PolicyLoadError(f"{self.path / name}: cannot load ({str(err).splitlines()[0]})") from None
-
-    def _input_names(self, name: str) -> list[str]:
-        return [i.name for i in self.sessions[name].get_inputs()]
+            if label == "CPU":
+                raise PolicyLoadError(f"{self.path / name}: cannot load ({str(err).splitlines()[0]})") from None
+            raise
 
     def _check_graphs(self) -> None:
-        """The graphs must take what policy.json says: image size, prompt length, state size."""
-        first = self.sessions[self.meta["files"][0]]
+        """The graphs must take what policy.json says: cameras and their size, state size."""
+        first = self.sessions[self.spec.files[0]]
         inputs = {i.name: i.shape for i in first.get_inputs()}
-        size = self.meta["image_size"]
-        if "images" not in inputs or list(inputs["images"][1:]) != [size, size, 3]:
-            raise PolicyLoadError(f"{self.path}: {self.meta['files'][0]} takes images {inputs.get('images')}, "
-                                  f"but {POLICY_FILE} says [B, {size}, {size}, 3]")
-        if self.meta["state_dim"] and ("state" not in inputs or inputs["state"][1] != self.meta["state_dim"]):
+        size = self.spec.image_size
+        for key in self.spec.image_keys:
+            if key not in inputs or list(inputs[key][1:]) != [size, size, 3]:
+                raise PolicyLoadError(f"{self.path}: {self.spec.files[0]} takes {key} {inputs.get(key)}, "
+                                      f"but {POLICY_FILE} says [B, {size}, {size}, 3]")
+        if self.spec.state_dim and ("state" not in inputs or inputs["state"][1] != self.spec.state_dim):
             raise PolicyLoadError(f"{self.path}: the graph's state input {inputs.get('state')} does not match "
-                                  f"state_dim {self.meta['state_dim']} in {POLICY_FILE}")
+                                  f"state_dim {self.spec.state_dim} in {POLICY_FILE}")
+
+    def _reference(self) -> dict | None:
+        if not self.spec.reference:
+            return None
+        path = self.path / self.spec.reference
+        if not path.exists():
+            raise PolicyLoadError(f"{self.path}: missing {self.spec.reference} (listed in {POLICY_FILE})")
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+
+    def _check_reference(self, reference: dict, label: str) -> None:
+        """The export's reference inputs on this provider must give the export's action tokens."""
+        inputs = {k: v for k, v in reference.items() if not k.startswith("expected_")}
+        samples = len(inputs["prompt_ids"])
+        ids, logits = map(np.concatenate, zip(*(self.run_tokens({k: v[i : i + 1] for k, v in inputs.items()})
+                                                for i in range(samples))))
+        expected_ids, expected_logits = reference["expected_action_ids"], reference["expected_action_logits"]
+        scale = max(1.0, float(np.abs(expected_logits).max()))
+        difference = float(np.abs(logits - expected_logits).max())
+        mismatched = float((ids != expected_ids).mean())
+        tolerance = (0.02 if self.spec.fp16 else 0.01) * scale
+        self.reference_check = {"provider": label, "max_logit_diff": difference, "mismatched_tokens": mismatched}
+        if difference > tolerance or mismatched > 0.01:
+            raise RuntimeError(f"reference mismatch: {mismatched:.1%} of action tokens differ, largest logit "
+                               f"difference {difference:.2g} (tolerance {tolerance:.2g})")
+
+    def _cuda_graph_runner(self):
+        if self.spec.decoding != "parallel":
+            return None
+        try:
+            return _CudaGraphRunner(self.path / "model.onnx", self.spec, self.threads)
+        except Exception as err:
+            warnings.warn(f"OnnxPolicy: CUDA graph capture unavailable ({str(err).splitlines()[0]}); "
+                          "using the plain CUDA session", stacklevel=3)
+            return None
 
     # ------------------------------------------------------------------ inference
     def reset(self) -> None:
         """Stateless between decisions."""
 
     def preprocess(self, observations: list[dict]) -> dict[str, np.ndarray]:
-        size = self.meta["image_size"]
-        images, ids, masks, states = [], [], [], []
-        for obs in observations:
-            if "image" not in obs:
-                raise ValueError("observation is missing 'image'")
-            image = np.asarray(obs["image"])
-            if image.ndim == 3 and image.shape[:2] != (size, size) and not self._warned_resize:
-                warnings.warn(f"OnnxPolicy: resizing {image.shape[1]}x{image.shape[0]} images to the policy's "
-                              f"{size}x{size}", stacklevel=3)
-                self._warned_resize = True
-            images.append(resize_image(image, size))
-            prompt = obs.get("prompt", obs.get("instruction"))
-            if prompt is None:
-                raise ValueError("observation is missing 'prompt' (the instruction)")
-            prompt_ids, prompt_mask = self.prompts(prompt)
-            ids.append(prompt_ids)
-            masks.append(prompt_mask)
-            if self.meta["state_dim"]:
-                if "state" not in obs:
-                    raise ValueError(f"observation is missing 'state' ({self.meta['state_dim']} values)")
-                states.append(normalize_state(obs["state"], self.meta["norm_stats"]["state"]))
-        ids, masks = np.stack(ids), np.stack(masks)
-        if self._prompt_length_is_dynamic and self._graph_runner is None:
-            ids, masks = trim_prompt_padding(ids, masks)
-        feeds = {"images": np.stack(images), "prompt_ids": ids, "prompt_mask": masks}
-        if states:
-            feeds["state"] = np.stack(states).astype(np.float32)
-        return feeds
+        trim = self._prompt_length_is_dynamic and self._graph_runner is None
+        return self.encoder(observations, trim=trim)
 
-    def run_tokens(self, images, prompt_ids, prompt_mask, state=None) -> tuple[np.ndarray, np.ndarray]:
-        """Model inputs -> (action ids int64 [B, K*D], action logits float32 [B, K*D, n_bins])."""
-        feeds = {"images": images, "prompt_ids": prompt_ids, "prompt_mask": prompt_mask}
-        if state is not None:
-            feeds["state"] = state.astype(np.float32)
-        if self.meta["decoding"] == "parallel":
-            if self._graph_runner is not None and len(images) == 1:
-                return self._graph_runner.run(feeds)
+    def run_tokens(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Model inputs (`preprocess`'s) -> (action ids int64 [B, K*D], action logits float32 [B, K*D, n_bins])."""
+        if self.spec.decoding == "parallel":
+            if self._graph_runner is not None and len(feeds["prompt_ids"]) == 1:
+                try:
+                    return self._graph_runner.run(feeds)
+                except Exception as err:
+                    warnings.warn(f"OnnxPolicy: CUDA graph replay failed ({str(err).splitlines()[0]}); "
+                                  "using the plain CUDA session from now on", stacklevel=2)
+                    self._graph_runner = None
             ids, logits = self.sessions["model.onnx"].run(["action_ids", "action_logits"], feeds)
             return ids, logits
         return self._generate(feeds)
 
     def _generate(self, feeds: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Autoregressive decoding: prefill once, then one decode step per action token."""
+        """Autoregressive decoding: prefill once, then one decode step per action token. The KV cache
+        (and the cross-attention memory) stay bound where the provider computed them."""
         prefill, decode = self.sessions["prefill.onnx"], self.sessions["decode.onnx"]
-        layers = self.meta["num_layers"]
-        cross = self.meta.get("fusion") == "cross_attention"
-        outputs = prefill.run(None, feeds)
-        logits, token, valid, position = outputs[:4]
+        layers = self.spec.num_layers
+        cross = self.spec.fusion == "cross_attention"
+        device = self._device_type
+        binding = prefill.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for output in prefill.get_outputs():
+            binding.bind_output(output.name, device)
+        prefill.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        logits, token, valid, position = (outputs[i].numpy() for i in range(4))
         cache = outputs[4 : 4 + 2 * layers]
         memory = outputs[-1] if cross else None
         tokens, all_logits = [token], [logits]
         names = [i.name for i in decode.get_inputs()]
-        for _ in range(self.meta["chunk_size"] * self.meta["action_dim"] - 1):
+        output_names = [o.name for o in decode.get_outputs()]
+        for _ in range(self.spec.chunk_size * self.spec.action_dim - 1):
             valid = np.concatenate([valid, np.ones_like(valid[:, :1])], axis=1)
-            values = [token[:, None], position, valid, *cache] + ([memory] if cross else [])
-            logits, token, *cache = decode.run(None, dict(zip(names, values)))
+            binding = decode.io_binding()
+            for name, value in zip(names[:3], (token[:, None], position, valid)):
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            for name, value in zip(names[3:], [*cache] + ([memory] if cross else [])):
+                binding.bind_ortvalue_input(name, value)
+            for name in output_names:
+                binding.bind_output(name, device)
+            decode.run_with_iobinding(binding)
+            outputs = binding.get_outputs()
+            logits, token = outputs[0].numpy(), outputs[1].numpy()
+            cache = outputs[2:]
             position = position + 1
             tokens.append(token)
             all_logits.append(logits)
         return np.stack(tokens, axis=1), np.stack(all_logits, axis=1)
 
     def act_batch(self, observations: list[dict]) -> np.ndarray:
-        feeds = self.preprocess(observations)
-        ids, _ = self.run_tokens(feeds["images"], feeds["prompt_ids"], feeds["prompt_mask"], feeds.get("state"))
+        ids, _ = self.run_tokens(self.preprocess(observations))
         return self.actions.decode(ids.reshape(len(ids), *self.chunk_shape))
 
     def act(self, observation: dict) -> np.ndarray:
@@ -265,21 +325,26 @@ class OnnxPolicy:
 
 
 class _CudaGraphRunner:
-    """Batch-1 parallel decoding with IO binding and a captured CUDA graph (static shapes)."""
+    """Batch-1 parallel decoding with IO binding and a captured CUDA graph (static shapes: the
+    prompt stays padded to its full length)."""
 
-    def __init__(self, model_path: Path, options, meta: dict, input_names: list[str]):
+    def __init__(self, model_path: Path, spec: PolicySpec, threads: int | None):
         import onnxruntime as ort
 
-        providers = [("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or 1
+        providers = [("CUDAExecutionProvider", {"enable_cuda_graph": "1"})]
         self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
-        size, length = meta["image_size"], meta["max_prompt_tokens"]
-        shapes = {"images": ((1, size, size, 3), np.uint8), "prompt_ids": ((1, length), np.int64),
-                  "prompt_mask": ((1, length), np.int64), "state": ((1, meta["state_dim"]), np.float32)}
-        self.inputs = {name: ort.OrtValue.ortvalue_from_shape_and_type(*shapes[name][:1], shapes[name][1], "cuda", 0)
-                       for name in input_names}
-        tokens = meta["chunk_size"] * meta["action_dim"]
+        size, length = spec.image_size, spec.max_prompt_tokens
+        shapes = {**{key: ((1, size, size, 3), np.uint8) for key in spec.image_keys},
+                  "prompt_ids": ((1, length), np.int64), "prompt_mask": ((1, length), np.int64),
+                  "state": ((1, spec.state_dim), np.float32)}
+        names = [i.name for i in self.session.get_inputs()]
+        self.inputs = {name: ort.OrtValue.ortvalue_from_shape_and_type(shapes[name][0], shapes[name][1], "cuda", 0)
+                       for name in names}
+        tokens = spec.chunk_size * spec.action_dim
         self.ids = ort.OrtValue.ortvalue_from_shape_and_type((1, tokens), np.int64, "cuda", 0)
-        self.logits = ort.OrtValue.ortvalue_from_shape_and_type((1, tokens, meta["n_bins"]), np.float32, "cuda", 0)
+        self.logits = ort.OrtValue.ortvalue_from_shape_and_type((1, tokens, spec.n_bins), np.float32, "cuda", 0)
         self.binding = self.session.io_binding()
         for name, value in self.inputs.items():
             self.binding.bind_ortvalue_input(name, value)

@@ -7,6 +7,7 @@ normalization happens inside the model and the exported graph. Prompts are token
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import cv2
@@ -51,7 +52,8 @@ class PromptTokenizer:
 
     Prompts are left-padded to `max_tokens`, so the prompt's last token ("Out:") sits right before
     the actions; the model skips pads with the mask, and position ids follow the mask, so padding
-    never changes the actions.
+    never changes the actions. An instruction too long for `max_tokens` loses its last words (the
+    template is never cut), with one warning per instruction.
     """
 
     def __init__(self, tokenizer_file: str | Path, max_tokens: int, pad_id: int):
@@ -60,28 +62,119 @@ class PromptTokenizer:
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.max_tokens = max_tokens
         self.pad_id = pad_id
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if len(self.token_ids("x")) > max_tokens:
+            raise ValueError(f"max_prompt_tokens {max_tokens} leaves no room for an instruction in the prompt template")
 
-    def prompt(self, instruction: str) -> str:
+    @staticmethod
+    def clean(instruction: str) -> str:
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError("the instruction (observation['prompt']) must be a non-empty string")
-        return PROMPT_TEMPLATE.format(instruction=instruction.strip().rstrip("?.!").lower())
+        return " ".join(instruction.strip().rstrip("?.!").lower().split())
+
+    def prompt(self, instruction: str) -> str:
+        return PROMPT_TEMPLATE.format(instruction=self.clean(instruction))
 
     def token_ids(self, instruction: str) -> list[int]:
         return self.tokenizer.encode(self.prompt(instruction), add_special_tokens=False).ids
 
+    def fitted_ids(self, instruction: str) -> list[int]:
+        """The prompt's ids, the instruction cut at a word boundary until the prompt fits."""
+        ids = self.token_ids(instruction)
+        if len(ids) <= self.max_tokens:
+            return ids
+        words = self.clean(instruction).split()
+        low, high = 1, len(words) - 1  # the longest prefix of words that fits: binary search
+        while low < high:
+            middle = (low + high + 1) // 2
+            if len(self.token_ids(" ".join(words[:middle]))) <= self.max_tokens:
+                low = middle
+            else:
+                high = middle - 1
+        kept = " ".join(words[:low])
+        fitted = self.token_ids(kept)
+        if len(fitted) > self.max_tokens:  # one word alone is too long: cut its tokens, keep the template's end
+            suffix = self.tokenizer.encode(PROMPT_TEMPLATE.split("{instruction}")[1], add_special_tokens=False).ids
+            fitted = fitted[: self.max_tokens - len(suffix)] + suffix
+        warnings.warn(f"the prompt for {instruction!r} is {len(ids)} tokens, the policy takes {self.max_tokens}: "
+                      f"the instruction was cut to {kept!r}", stacklevel=4)
+        return fitted
+
     def __call__(self, instruction: str) -> tuple[np.ndarray, np.ndarray]:
         """-> (ids int64 [max_tokens], mask int64 [max_tokens])."""
-        ids = self.token_ids(instruction)
-        if len(ids) > self.max_tokens:
-            raise ValueError(
-                f"the prompt for {instruction!r} is {len(ids)} tokens; the model takes at most {self.max_tokens}"
-            )
+        cached = self._cache.get(instruction) if isinstance(instruction, str) else None
+        if cached is not None:
+            return cached
+        ids = self.fitted_ids(instruction)
         padded = np.full(self.max_tokens, self.pad_id, np.int64)
         mask = np.zeros(self.max_tokens, np.int64)
-        if ids:
-            padded[-len(ids) :] = ids
-            mask[-len(ids) :] = 1
+        padded[-len(ids) :] = ids
+        mask[-len(ids) :] = 1
+        if len(self._cache) > 1024:  # instructions repeat every tick; a robot does not see thousands
+            self._cache.clear()
+        self._cache[instruction] = (padded, mask)
         return padded, mask
+
+
+class ObservationEncoder:
+    """Observations -> model inputs, the one path shared by training, the PyTorch policy and `OnnxPolicy`.
+
+    __call__(observations: list of {camera key: uint8 [H, W, 3], "prompt": str, "state": float [S]})
+        -> {camera key: uint8 [B, s, s, 3] for each of `image_keys`, "prompt_ids": int64 [B, L],
+            "prompt_mask": int64 [B, L], "state": float32 [B, S] (when the policy takes a state)}
+
+    L is the longest prompt in the batch (columns that are padding in every row are dropped).
+    """
+
+    RESERVED = ("prompt", "prompt_ids", "prompt_mask", "state", "timestamp")
+
+    def __init__(self, image_keys: list[str], image_size: int, prompts: PromptTokenizer, state_stats: dict | None):
+        clash = [k for k in image_keys if k in self.RESERVED]
+        if clash:
+            raise ValueError(f"camera keys {clash} clash with the observation's own keys {list(self.RESERVED)}")
+        self.image_keys = list(image_keys)
+        self.image_size = image_size
+        self.prompts = prompts
+        self.state_stats = state_stats
+        self._warned_resize: set[str] = set()
+
+    @classmethod
+    def for_spec(cls, spec, tokenizer_file: str | Path) -> ObservationEncoder:
+        """The encoder of a policy described by a `PolicySpec`."""
+        prompts = PromptTokenizer(tokenizer_file, spec.max_prompt_tokens, spec.pad_id)
+        return cls(spec.image_keys, spec.image_size, prompts, spec.norm_stats["state"] if spec.state_dim else None)
+
+    def check_keys(self, observation: dict) -> None:
+        missing = [k for k in self.image_keys if k not in observation]
+        if missing:
+            cameras = sorted(k for k, v in observation.items() if isinstance(v, np.ndarray) and v.ndim == 3)
+            raise ValueError(f"the observation has cameras {cameras}, the policy takes {self.image_keys} "
+                             f"(missing {missing})")
+        if observation.get("prompt", observation.get("instruction")) is None:
+            raise ValueError("observation is missing 'prompt' (the instruction)")
+        if self.state_stats is not None and "state" not in observation:
+            raise ValueError(f"observation is missing 'state' ({len(self.state_stats['q01'])} values)")
+
+    def image(self, observation: dict, key: str) -> np.ndarray:
+        image = check_image(observation[key], key)
+        if image.shape[:2] != (self.image_size, self.image_size) and key not in self._warned_resize:
+            self._warned_resize.add(key)
+            warnings.warn(f"resizing {key!r} images of {image.shape[1]}x{image.shape[0]} to the policy's "
+                          f"{self.image_size}x{self.image_size}", stacklevel=4)
+        return resize_image(image, self.image_size, key)
+
+    def __call__(self, observations: list[dict], trim: bool = True) -> dict[str, np.ndarray]:
+        if not observations:
+            raise ValueError("no observations")
+        for obs in observations:
+            self.check_keys(obs)
+        feeds = {key: np.stack([self.image(obs, key) for obs in observations]) for key in self.image_keys}
+        ids, masks = zip(*(self.prompts(obs.get("prompt", obs.get("instruction"))) for obs in observations))
+        ids, masks = np.stack(ids), np.stack(masks)
+        feeds["prompt_ids"], feeds["prompt_mask"] = trim_prompt_padding(ids, masks) if trim else (ids, masks)
+        if self.state_stats is not None:
+            feeds["state"] = np.stack([normalize_state(obs["state"], self.state_stats) for obs in observations])
+        return feeds
 
 
 def trim_prompt_padding(ids, mask):

@@ -55,13 +55,17 @@ def decode_request(message, metadata: dict) -> dict:
 
 
 def validate_observation(obs: dict, metadata: dict) -> dict:
-    for key in metadata.get("observation_keys", ["image", "state", "prompt"]):
-        if key not in obs:
-            raise ProtocolError(f"missing key {key!r}; expected {metadata.get('observation_keys')}")
+    """Check an observation against the policy's metadata: its cameras, state and prompt."""
+    cameras = metadata.get("image_keys", ["image"])
+    missing = [key for key in metadata.get("observation_keys", [*cameras, "prompt"]) if key not in obs]
+    if missing:
+        sent = sorted(k for k, v in obs.items() if isinstance(v, np.ndarray) and v.ndim == 3)
+        if any(key in cameras for key in missing):
+            raise ProtocolError(f"missing cameras {[k for k in missing if k in cameras]}: the policy takes {cameras}, "
+                                f"the request has {sent}")
+        raise ProtocolError(f"missing key {missing[0]!r}; expected {metadata.get('observation_keys')}")
     out = dict(obs)
-    for key in ("image", "wrist_image"):
-        if key not in obs:
-            continue
+    for key in cameras:
         image = obs[key]
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
             raise ProtocolError(f"{key!r} must be a uint8 array [H, W, 3], got {_describe(image)}")

@@ -1,5 +1,8 @@
 """`RemotePolicy`: the `Policy` protocol over a websocket to a policy server (openpi's protocol).
 
+A request that gets no reply within `timeout_s` raises, and the connection is dropped: a reply that
+arrives late can never be taken for the answer to the next request, which opens a new connection.
+
     policy = RemotePolicy("ws://gpu-box:8000", api_key="secret")
     actions = policy.act({"image": rgb, "state": state, "prompt": "reach the red cube"})   # [K, D]
 """
@@ -69,6 +72,11 @@ class RemotePolicy:
                 self._ws.send(payload)
                 reply = self._ws.recv(timeout=self.timeout_s)
                 break
+            except TimeoutError:
+                # The reply may still come; on this socket it would answer the next request. Drop the
+                # connection, so the next request gets a new one and its own reply.
+                self._drop()
+                raise RemotePolicyError(f"no reply from {self.url} within {self.timeout_s:g} s") from None
             except ConnectionClosed as err:
                 self._ws = None
                 code = err.rcvd.code if err.rcvd is not None else None
@@ -86,7 +94,13 @@ class RemotePolicy:
     def act(self, observation: dict) -> np.ndarray:
         return np.asarray(self.infer(observation)["actions"], np.float32)
 
+    def _drop(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            try:
+                ws.close()
+            except Exception:  # closing a broken socket may fail; it is dropped either way
+                pass
+
     def close(self) -> None:
-        if self._ws is not None:
-            self._ws.close()
-            self._ws = None
+        self._drop()

@@ -4,10 +4,11 @@
         --policy runs/demo/export --prompt "reach the red cube" --rate 10 --max-steps 300
 
 `--robot module:Class` names any class with the `Robot` methods (`get_observation`,
-`apply_action`, `stop`); it is built with the `--robot-kw` values. The safety filter clamps to the
-policy's action bounds (from its export, or the server's metadata) narrowed by `--action-low` /
-`--action-high`, and limits each step's change to `--max-delta`. Ctrl-C, a late policy, a stale
-observation or any exception stops the robot. Needs no torch.
+`apply_action`, `stop`, optionally `hold`); it is built with the `--robot-kw` values. The safety
+filter clamps to the policy's action bounds (from its export, or the server's metadata) narrowed by
+`--action-low` / `--action-high`, and limits each step's change to `--max-delta` (one value, or one
+per action dimension). Ctrl-C, a late policy, a stale observation, a driver call that hangs, or any
+exception stops the robot; the reason is printed. Needs no torch.
 """
 
 from __future__ import annotations
@@ -40,14 +41,14 @@ def load_robot(spec: str, kwargs: dict | None = None) -> Robot:
 
 def run_robot(policy: Policy, robot: Robot, rate_hz: float, prompt: str, max_steps: int, safety: SafetyFilter,
               chunk_mode: str = "receding", execute: int | None = None,
-              max_observation_age_s: float | None = None) -> LoopReport:
+              max_observation_age_s: float | None = None, watchdog_ticks: int = 5) -> LoopReport:
     """One run of the control loop; the robot is stopped at the end, however the run ends."""
     loop = ControlLoop(policy, robot, rate_hz=rate_hz, prompt=prompt, safety=safety, chunk_mode=chunk_mode,
-                       execute=execute, max_observation_age_s=max_observation_age_s, realtime=True)
+                       execute=execute, max_observation_age_s=max_observation_age_s, realtime=True,
+                       watchdog_ticks=watchdog_ticks)
     try:
         return loop.run(max_steps=max_steps)
     finally:
-        loop.close()
         robot.stop()
 
 
@@ -77,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=300)
     p.add_argument("--action-low", type=float, nargs="+", default=None)
     p.add_argument("--action-high", type=float, nargs="+", default=None)
-    p.add_argument("--max-delta", type=float, default=None, help="largest change of an action dimension per step")
+    p.add_argument("--max-delta", type=float, nargs="+", default=None,
+                   help="largest change per step: one value for every action dimension, or one per dimension")
+    p.add_argument("--watchdog-ticks", type=int, default=5, help="ticks without progress before the robot is stopped")
     p.add_argument("--max-observation-age", type=float, default=None, help="seconds; older observations are stale")
     p.add_argument("--chunk-mode", choices=["receding", "ensemble"], default="receding")
     p.add_argument("--execute", type=int, default=None, help="actions of each chunk to run (receding horizon)")
@@ -104,11 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     rate = args.rate or policy.metadata.get("control_hz") or 10.0
     try:
         report = run_robot(policy, robot, rate, args.prompt, args.max_steps, safety, args.chunk_mode, args.execute,
-                           args.max_observation_age)
+                           args.max_observation_age, args.watchdog_ticks)
     except KeyboardInterrupt:
         print("interrupted: robot stopped", file=sys.stderr)
         return 130
     print(json.dumps(report.summary(), indent=2))
+    if report.safe_stop:
+        print(f"robot stopped: {report.stop_reason}", file=sys.stderr)
     return 1 if report.safe_stop else 0
 
 

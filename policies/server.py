@@ -5,8 +5,9 @@
 
 Requests from all connections go through one queue; a single inference thread answers whatever
 has queued up (waiting up to `batch_window_ms` for more) in one batched call, so concurrent
-clients share the accelerator instead of contending for it. A bad request gets a text frame
-naming the problem and the connection stays open; `/healthz` answers 200; SIGTERM and SIGINT
+clients share the accelerator instead of contending for it. Each request is validated on its own
+when it arrives, and a batch that fails is answered request by request, so one bad request never
+fails another client's. A bad request gets a text frame naming the problem and the connection stays open; `/healthz` answers 200; SIGTERM and SIGINT
 close the listener and let requests in flight finish.
 """
 
@@ -43,21 +44,8 @@ class PolicyServer:
         self.max_message_bytes = max_message_bytes
         self.batch_window = batch_window_ms / 1000.0
         self.max_batch = max_batch
-        meta = policy.metadata
-        self.metadata = {
-            "action_dim": meta.get("action_dim"),
-            "chunk_size": meta.get("chunk_size"),
-            "image_size": meta.get("image_size"),
-            "state_dim": meta.get("state_dim", 0),
-            "control_hz": meta.get("control_hz"),
-            "action_low": meta.get("action_low"),
-            "action_high": meta.get("action_high"),
-            "observation_keys": ["image", "prompt"] + (["state"] if meta.get("state_dim") else []),
-            "optional_keys": ["wrist_image"],
-            "decoding": meta.get("decoding"),
-            "runtime": meta.get("runtime"),
-            "max_message_bytes": max_message_bytes,
-        }
+        # The policy's own metadata (policies.spec.PolicySpec.metadata): cameras, state, action space.
+        self.metadata = {**policy.metadata, "max_message_bytes": max_message_bytes}
         self.requests_served = 0
         self.errors = 0
         self._queue: asyncio.Queue[_Request] | None = None
@@ -118,22 +106,36 @@ class PolicyServer:
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
                     break
             start = time.perf_counter()
-            try:
-                actions = await loop.run_in_executor(self._pool, act_batch, self.policy, [r.observation for r in batch])
-            except Exception as err:
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(err)
-                continue
+            results = await loop.run_in_executor(self._pool, self._infer, batch)
             infer_ms = 1000 * (time.perf_counter() - start)
-            for request, chunk in zip(batch, actions):
-                if not request.future.done():
-                    request.future.set_result({
-                        "actions": np.asarray(chunk, np.float32),
-                        "server_timing": {"infer_ms": infer_ms, "batch_size": len(batch),
-                                          "queue_ms": 1000 * (start - request.received)},
-                    })
-            self.requests_served += len(batch)
+            for request, result in zip(batch, results):
+                if request.future.done():
+                    continue
+                if isinstance(result, Exception):
+                    request.future.set_exception(result)
+                    continue
+                request.future.set_result({
+                    "actions": np.asarray(result, np.float32),
+                    "server_timing": {"infer_ms": infer_ms, "batch_size": len(batch),
+                                      "queue_ms": 1000 * (start - request.received)},
+                })
+                self.requests_served += 1
+
+    def _infer(self, batch: list[_Request]) -> list:
+        """One chunk (or the exception) per request: the whole batch in one call, or, if that fails,
+        each request on its own, so that only the requests at fault get an error."""
+        try:
+            return list(act_batch(self.policy, [r.observation for r in batch]))
+        except Exception as err:
+            if len(batch) == 1:
+                return [err]
+        results = []
+        for request in batch:
+            try:
+                results.append(act_batch(self.policy, [request.observation])[0])
+            except Exception as err:
+                results.append(err)
+        return results
 
     async def serve(self, host: str = "127.0.0.1", port: int = 8000, ready: asyncio.Event | None = None,
                     stop: asyncio.Event | None = None) -> None:

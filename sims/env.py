@@ -42,6 +42,10 @@ from sims.tasks import LAYOUTS, TASKS, Layout
 
 STATE_DIM = 4
 ACTION_DIM = 4
+# What each action dimension is, and what standing still means for it: deltas hold at 0, the
+# gripper command is absolute (holding repeats it). Collection records this with the data.
+ACTION_NAMES = ("dx", "dy", "dz", "gripper")
+ACTION_HOLD = (0.0, 0.0, 0.0, None)
 
 
 def _close_at_exit(renderer: mujoco.Renderer) -> None:
@@ -58,7 +62,8 @@ def _close_at_exit(renderer: mujoco.Renderer) -> None:
 
 
 class TabletopEnv(gym.Env):
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10, "action_names": list(ACTION_NAMES),
+                "action_hold": list(ACTION_HOLD)}
 
     def __init__(
         self,

@@ -57,9 +57,7 @@ def batches(model, steps: int):
 
 def my_half(batch):
     rank, world = dist.get_rank(), dist.get_world_size()
-    return type(batch)(*(t[rank::world] if t is not None else None for t in
-                         (batch.images, batch.prompt_ids, batch.prompt_mask, batch.state, batch.action_ids,
-                          batch.aux_target, batch.aux_mask)))
+    return batch.select(slice(rank, None, world))
 
 
 def train_steps(model, optimizer, steps, split: bool) -> list[float]:

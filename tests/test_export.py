@@ -25,7 +25,7 @@ def exported(tmp_path_factory):
 
 def test_parallel_export_writes_graph_metadata_and_passes_parity(exported):
     root, meta = exported
-    assert sorted(p.name for p in (root / "onnx").iterdir()) == ["model.onnx", "policy.json", "tokenizer.json"]
+    assert sorted(p.name for p in (root / "onnx").iterdir()) == ["model.onnx", "policy.json", "reference.npz", "tokenizer.json"]
     assert meta["parity"]["inputs"] >= 32 and meta["parity"]["mismatched_tokens"] == 0
     assert meta["parity"]["max_logit_diff"] < 1e-4
     saved = json.loads((root / "onnx" / "policy.json").read_text())
@@ -110,7 +110,7 @@ def test_bad_observations_are_refused_or_resized_with_a_warning(exported):
         policy.act({**obs, "image": obs["image"].astype(np.float32)})
     with pytest.raises(ValueError, match="prompt"):
         policy.act({k: v for k, v in obs.items() if k != "prompt"})
-    with pytest.warns(UserWarning, match="resizing 96x96"):
+    with pytest.warns(UserWarning, match="images of 96x96"):
         actions = policy.act({**obs, "image": np.zeros((96, 96, 3), np.uint8)})
     assert actions.shape == (2, 4)
 

@@ -8,6 +8,7 @@ import torch
 from helpers import fake_norm_stats, make_model, observation, sharpen, write_tokenizer
 from policies.actions import ActionTokenizer, action_statistics
 from policies.preprocess import trim_prompt_padding
+from vla.model.checkpoint import observation_encoder
 from vla.errors import CheckpointError
 from vla.model.vla import VLA, Batch
 
@@ -101,8 +102,8 @@ def test_prompt_padding_does_not_change_actions(tmp_path, decoding):
     observations = [observation(0, prompt="reach the red cube"), observation(1, prompt="move to the blue block")]
     trimmed = model.prepare(observations)  # as policies run: columns of padding only are dropped
     full = model.prepare(observations)
-    ids, masks = zip(*(model.prompt_tokenizer(o["prompt"]) for o in observations))
-    full.prompt_ids, full.prompt_mask = torch.from_numpy(np.stack(ids)), torch.from_numpy(np.stack(masks))
+    untrimmed = observation_encoder(model)(observations, trim=False)
+    full.prompt_ids, full.prompt_mask = torch.from_numpy(untrimmed["prompt_ids"]), torch.from_numpy(untrimmed["prompt_mask"])
     assert trimmed.prompt_ids.shape[1] < full.prompt_ids.shape[1] == model.config.max_prompt_tokens
     assert not trimmed.prompt_mask.all()  # the shorter prompt keeps some padding
     assert torch.equal(model.predict_action_ids(trimmed), model.predict_action_ids(full))
@@ -252,10 +253,13 @@ def test_lora_freezes_the_base_and_merges_to_the_same_outputs(tmp_path):
 def test_bad_inputs_name_what_was_expected(tmp_path):
     model = make_model(tmp_path)
     good = model.prepare([observation(0)])
-    with pytest.raises(ValueError, match=r"uint8 \[B, 32, 32, 3\]"):
-        model.predict_action_ids(Batch(good.images.float(), good.prompt_ids, good.prompt_mask, good.state))
-    with pytest.raises(ValueError, match=r"uint8 \[B, 32, 32, 3\]"):
-        model.predict_action_ids(Batch(good.images[:, :16], good.prompt_ids, good.prompt_mask, good.state))
+    image = good.images["image"]
+    with pytest.raises(ValueError, match=r"uint8 \[B=1, 32, 32, 3\]"):
+        model.predict_action_ids(Batch({"image": image.float()}, good.prompt_ids, good.prompt_mask, good.state))
+    with pytest.raises(ValueError, match=r"uint8 \[B=1, 32, 32, 3\]"):
+        model.predict_action_ids(Batch({"image": image[:, :16]}, good.prompt_ids, good.prompt_mask, good.state))
+    with pytest.raises(ValueError, match=r"cameras \['image'\]"):
+        model.predict_action_ids(Batch({"wrist": image}, good.prompt_ids, good.prompt_mask, good.state))
     with pytest.raises(ValueError, match=r"state must be \[B=1, 4\]"):
         model.predict_action_ids(Batch(good.images, good.prompt_ids, good.prompt_mask, good.state[:, :3]))
     obs = observation(0)

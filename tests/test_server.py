@@ -2,6 +2,7 @@ import asyncio
 import concurrent.futures
 import http.client
 import threading
+import time
 
 import msgpack
 import numpy as np
@@ -13,23 +14,29 @@ from policies.protocol import ProtocolError, decode_request, packb, unpackb
 from policies.remote import RemotePolicy, RemotePolicyError
 from policies.server import PolicyServer
 
-METADATA = {"observation_keys": ["image", "prompt", "state"], "state_dim": 4}
+METADATA = {"observation_keys": ["image", "prompt", "state"], "state_dim": 4, "image_keys": ["image"]}
 
 
 class EchoPolicy:
-    """A numpy policy: the chunk holds the mean pixel and the state, so replies can be checked."""
+    """A numpy policy: the chunk holds the mean pixel and the state, so replies can be checked. The prompt
+    "explode" fails it (and, batched, the whole batch); "sleep" makes it take 1.5 s."""
 
     metadata = {"action_dim": 4, "chunk_size": 2, "image_size": 16, "state_dim": 4, "control_hz": 10,
-                "runtime": "numpy"}
+                "runtime": "numpy", "image_keys": ["image"], "observation_keys": ["image", "prompt", "state"],
+                "action_hold": [0.0, 0.0, 0.0, None]}
 
     def reset(self):
         pass
 
     def act(self, observation):
+        if observation["prompt"] == "sleep":
+            time.sleep(1.5)
         row = np.append(observation["image"].mean() / 255.0, observation["state"][:3]).astype(np.float32)
         return np.stack([row, row])
 
     def act_batch(self, observations):
+        if any(o["prompt"] == "explode" for o in observations):
+            raise RuntimeError("the prompt is 300 tokens; the model takes at most 24")
         return np.stack([self.act(o) for o in observations])
 
 
@@ -39,8 +46,8 @@ def good_observation(i: int = 0) -> dict:
 
 
 class RunningServer:
-    def __init__(self, **kwargs):
-        self.server = PolicyServer(EchoPolicy(), **kwargs)
+    def __init__(self, policy=None, **kwargs):
+        self.server = PolicyServer(policy or EchoPolicy(), **kwargs)
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -98,13 +105,42 @@ def test_bad_requests_get_errors_and_the_connection_keeps_serving(server):
         assert "invalid msgpack" in ws.recv()
         ws.send(packb({"image": np.zeros((16, 16, 3), np.uint8), "prompt": "x"}))
         assert "missing key 'state'" in ws.recv()
+        ws.send(packb({"front": np.zeros((16, 16, 3), np.uint8), "prompt": "x", "state": np.zeros(4, np.float32)}))
+        assert "the policy takes ['image'], the request has ['front']" in ws.recv()
         ws.send(packb({**good_observation(), "image": np.zeros((16, 16, 3), np.float32)}))
         assert "uint8" in ws.recv()
         ws.send(packb({**good_observation(), "state": np.zeros(7, np.float32)}))
         assert "[4]" in ws.recv()
         ws.send(packb(good_observation(1)))  # still served
         assert unpackb(ws.recv())["actions"].shape == (2, 4)
-    assert server.server.errors == 4
+    assert server.server.errors == 5
+
+
+def test_one_bad_request_in_a_batch_fails_only_itself():
+    running = RunningServer(batch_window_ms=300)  # the two requests below are answered as one batch
+    try:
+        clients = [RemotePolicy(running.url), RemotePolicy(running.url)]
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            good = pool.submit(clients[0].infer, good_observation(5))
+            time.sleep(0.05)
+            bad = pool.submit(clients[1].infer, {**good_observation(), "prompt": "explode"})
+            reply = good.result(10)
+            with pytest.raises(RemotePolicyError, match="300 tokens"):
+                bad.result(10)
+        assert reply["server_timing"]["batch_size"] == 2  # they did share a batch
+        np.testing.assert_allclose(reply["actions"][0], [5 / 255, 5, 6, 7], rtol=1e-6)
+        assert clients[1].act(good_observation(2))[0, 1] == 2.0  # the failed client is served next time
+    finally:
+        running.close()
+
+
+def test_a_timed_out_request_never_returns_its_late_reply_as_the_next_answer(server):
+    client = RemotePolicy(server.url, timeout_s=0.5)
+    with pytest.raises(RemotePolicyError, match="no reply"):
+        client.infer({**good_observation(9), "prompt": "sleep"})
+    client.timeout_s = 5.0  # the server is still busy with the first request
+    reply = client.infer(good_observation(3))  # a new connection; the late reply (9s) went to the old one
+    np.testing.assert_allclose(reply["actions"][0], [3 / 255, 3, 4, 5], rtol=1e-6)
 
 
 def test_oversized_message_is_refused_and_others_are_still_served(server):

@@ -164,7 +164,7 @@ def cmd_deploy(args) -> int:
     summary = deploy(policy_path=args.policy, server=args.server, api_key=args.api_key, env_id=args.sim,
                      rate_hz=args.rate, episodes=args.episodes, seed=args.seed, realtime=args.realtime,
                      execute=args.execute, chunk_mode=args.chunk_mode, device=args.device,
-                     max_delta=args.max_delta, out=args.out)
+                     max_delta=args.max_delta, out=args.out, lead_ticks=args.lead_ticks)
     from vla.deploy import format_deploy
 
     print(format_deploy(summary))
@@ -267,7 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sleep to hold the rate (default); --no-realtime runs as fast as the policy allows")
     p.add_argument("--execute", type=int, default=None)
     p.add_argument("--chunk-mode", choices=["receding", "ensemble"], default="receding")
-    p.add_argument("--max-delta", type=float, default=None, help="safety: largest change of an action per step")
+    p.add_argument("--max-delta", type=float, nargs="+", default=None,
+                   help="safety: largest change per step, one value or one per action dimension")
+    p.add_argument("--lead-ticks", type=int, default=None,
+                   help="ask for the next chunk this many ticks before the current one runs out (default: from the "
+                        "measured latency; 0: only when it is used up)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="write deploy.json here")
     p.set_defaults(func=cmd_deploy)

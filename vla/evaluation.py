@@ -85,20 +85,19 @@ def evaluate(
     try:
         while len(results) < episodes:
             active = [i for i in range(n_envs) if slot_episode[i] >= 0]
-            asking = [i for i in active if executors[i].needs_chunk()]
+            asking = [i for i in active if executors[i].needs_chunk(steps[i])]
             if asking:
-                observations = [
-                    {"image": obs["image"][i], "state": obs["state"][i], "prompt": instructions[i]} for i in asking
-                ]
+                observations = [{**{key: value[i] for key, value in obs.items()}, "prompt": instructions[i]}
+                                for i in asking]
                 start = time.perf_counter()
                 chunks = act_batch(policy, observations)
                 policy_seconds += time.perf_counter() - start
                 policy_calls += 1
                 for i, chunk in zip(asking, chunks):
-                    executors[i].add_chunk(chunk)
+                    executors[i].add_chunk(chunk, observed_at=steps[i])
             actions = np.zeros((n_envs, envs.single_action_space.shape[0]), np.float32)
             for i in active:
-                actions[i] = executors[i].next_action()
+                actions[i] = executors[i].action(steps[i])
             if any(slot_episode[i] < videos for i in active):
                 rendered = envs.call("render")
                 for i in active:

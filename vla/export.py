@@ -1,27 +1,28 @@
 """ONNX export with a parity check against PyTorch.
 
-Parallel decoding exports one graph:
+Parallel decoding exports one graph, with one image input per camera, named by its key:
 
-    model.onnx   (images uint8 [B,H,W,3], prompt_ids int64 [B,L], prompt_mask int64 [B,L], state float32 [B,S])
+    model.onnx   (<camera> uint8 [B,H,W,3] ..., prompt_ids int64 [B,L], prompt_mask int64 [B,L], state float32 [B,S])
                  -> action_ids int64 [B, K*D] (argmax inside the graph), action_logits float32 [B, K*D, n_bins]
 
 Autoregressive decoding exports a prefill graph and a decode-step graph with the KV cache as flat
 tensors (past_key_i / past_value_i [B, kv_heads, T, head_dim] for each layer i):
 
-    prefill.onnx (images, prompt_ids, prompt_mask, state)
+    prefill.onnx (<camera> ..., prompt_ids, prompt_mask, state)
                  -> logits [B, n_bins], token int64 [B], valid int64 [B, P], position int64 [B, 1],
                     present_key_i, present_value_i, (memory [B, N, H] with cross-attention fusion)
     decode.onnx  (token int64 [B, 1], position int64 [B, 1], valid int64 [B, T+1], past_key_i, past_value_i, (memory))
                  -> logits [B, n_bins], token int64 [B], present_key_i, present_value_i
 
-Beside them: policy.json (preprocessing, action dims and bounds, chunk size, normalization
-statistics, control rate, decoding) and tokenizer.json. The export fails if onnxruntime's action
-tokens differ from PyTorch's on any of the parity inputs.
+Beside them: policy.json (`policies.spec.PolicySpec`: cameras, preprocessing, action space and
+bounds, chunk size, normalization statistics, control rate, decoding), tokenizer.json, and
+reference.npz (two inputs with PyTorch's action tokens and logits, which `OnnxPolicy` checks on the
+provider it loads on). The export fails if onnxruntime's action tokens differ from PyTorch's on any
+of the parity inputs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import warnings
@@ -32,14 +33,14 @@ import torch
 import torch.nn as nn
 from transformers import DynamicCache
 
-from policies.preprocess import PROMPT_TEMPLATE, trim_prompt_padding
+from policies.onnx_policy import REFERENCE_FILE
+from policies.preprocess import trim_prompt_padding
 from vla.atomic import atomic_directory
 from vla.errors import VLAError
+from vla.model.checkpoint import policy_spec
 from vla.model.text import TOKENIZER_FILE
 from vla.model.vla import VLA, Batch
 
-POLICY_FILE = "policy.json"
-FORMAT_VERSION = 1
 OPSET = 18
 
 
@@ -50,13 +51,21 @@ class ExportError(VLAError):
 # ---------------------------------------------------------------------------- graph modules
 
 
+def _batch(model: VLA, inputs: tuple) -> Batch:
+    """Graph inputs, in `_prefix_names` order -> a Batch."""
+    cameras = len(model.image_keys)
+    images = dict(zip(model.image_keys, inputs[:cameras]))
+    state = inputs[cameras + 2] if len(inputs) > cameras + 2 else None
+    return Batch(images, inputs[cameras], inputs[cameras + 1], state)
+
+
 class ParallelGraph(nn.Module):
     def __init__(self, model: VLA):
         super().__init__()
         self.model = model
 
-    def forward(self, images, prompt_ids, prompt_mask, state=None):
-        logits = self.model.action_logits_for(Batch(images, prompt_ids, prompt_mask, state))
+    def forward(self, *inputs):
+        logits = self.model.action_logits_for(_batch(self.model, inputs))
         ids = logits.argmax(-1) + (self.model.vocab_size - self.model.config.n_bins)
         return ids, logits.float()
 
@@ -73,9 +82,9 @@ class PrefillGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images, prompt_ids, prompt_mask, state=None):
+    def forward(self, *inputs):
         model = self.model
-        embeds, valid, memory = model.embed_prefix(Batch(images, prompt_ids, prompt_mask, state))
+        embeds, valid, memory = model.embed_prefix(_batch(model, inputs))
         cache = DynamicCache(config=model._llama_base().config)
         positions = valid.long().cumsum(1) - 1
         mask = model.attention_mask(valid, valid.shape[1], 0, embeds.dtype)
@@ -116,7 +125,8 @@ def example_inputs(model: VLA, batch: int, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
     size, length = model.image_size, model.config.max_prompt_tokens
     text_vocab = model.vocab_size - model.config.n_bins
-    images = torch.randint(0, 256, (batch, size, size, 3), generator=g, dtype=torch.uint8)
+    images = {key: torch.randint(0, 256, (batch, size, size, 3), generator=g, dtype=torch.uint8)
+              for key in model.image_keys}
     lengths = torch.randint(max(1, length // 3), length + 1, (batch,), generator=g)
     mask = (torch.arange(length)[None] >= (length - lengths)[:, None]).long()  # left-padded
     ids = torch.randint(0, text_vocab, (batch, length), generator=g) * mask + model.pad_id * (1 - mask)
@@ -125,11 +135,11 @@ def example_inputs(model: VLA, batch: int, seed: int = 0) -> Batch:
 
 
 def _inputs(batch: Batch) -> tuple:
-    return tuple(t for t in (batch.images, batch.prompt_ids, batch.prompt_mask, batch.state) if t is not None)
+    return tuple(batch.feeds().values())
 
 
 def _prefix_names(model: VLA) -> list[str]:
-    return ["images", "prompt_ids", "prompt_mask"] + (["state"] if model.config.state_dim else [])
+    return [*model.image_keys, "prompt_ids", "prompt_mask"] + (["state"] if model.config.state_dim else [])
 
 
 def _kv_names(prefix: str, layers: int) -> list[str]:
@@ -155,9 +165,9 @@ def _prefix_dynamic_shapes(model: VLA) -> tuple:
     are padding in every row (prompts are left-padded) and run a shorter sequence."""
     batch = torch.export.Dim("batch", min=1, max=1024)
     prompt = torch.export.Dim("prompt", min=1, max=model.config.max_prompt_tokens)
-    shapes = {"images": {0: batch}, "prompt_ids": {0: batch, 1: prompt}, "prompt_mask": {0: batch, 1: prompt},
-              "state": {0: batch}}
-    return tuple(shapes[name] for name in _prefix_names(model))
+    shapes = {"prompt_ids": {0: batch, 1: prompt}, "prompt_mask": {0: batch, 1: prompt}, "state": {0: batch}}
+    # forward(*inputs): the variadic inputs are one nested entry
+    return (tuple(shapes.get(name, {0: batch}) for name in _prefix_names(model)),)
 
 
 def export_parallel(model: VLA, out: Path) -> list[str]:
@@ -195,39 +205,6 @@ def export_autoregressive(model: VLA, out: Path) -> list[str]:
     return ["prefill.onnx", "decode.onnx"]
 
 
-def policy_metadata(model: VLA, files: list[str], fp16: bool) -> dict:
-    base = model._llama_base().config
-    stats = model.norm_stats
-    return {
-        "format_version": FORMAT_VERSION,
-        "decoding": model.config.decoding,
-        "fusion": model.config.fusion,
-        "files": files,
-        "fp16": fp16,
-        "image_size": model.image_size,
-        "image_keys": ["image"],
-        "image_preprocessing": "resize to image_size x image_size with OpenCV (INTER_AREA when shrinking), "
-                               "uint8 HWC RGB; pixel normalization happens inside the graph",
-        "prompt_template": PROMPT_TEMPLATE,
-        "max_prompt_tokens": model.config.max_prompt_tokens,
-        "bos_id": model.bos_id,
-        "pad_id": model.pad_id,
-        "state_dim": model.config.state_dim,
-        "action_dim": model.config.action_dim,
-        "chunk_size": model.config.chunk_size,
-        "n_bins": model.config.n_bins,
-        "vocab_size": model.vocab_size,
-        "action_low": [float(v) for v in stats["action"]["min"]],
-        "action_high": [float(v) for v in stats["action"]["max"]],
-        "norm_stats": stats,
-        "control_hz": model.meta.get("fps", 10),
-        "env_args": model.meta.get("env_args", {}),
-        "num_layers": base.num_hidden_layers,
-        "kv_heads": base.num_key_value_heads,
-        "head_dim": getattr(base, "head_dim", None) or base.hidden_size // base.num_attention_heads,
-    }
-
-
 def export(checkpoint: str | Path, out: str | Path, fp16: bool = False, parity_inputs: int = 32,
            overwrite: bool = False) -> dict:
     """Export a checkpoint directory to `out`; returns policy.json's content with the parity report."""
@@ -247,12 +224,25 @@ def export(checkpoint: str | Path, out: str | Path, fp16: bool = False, parity_i
         else:
             files = export_autoregressive(model, tmp)
         shutil.copyfile(model.text_tokenizer_file, tmp / TOKENIZER_FILE)
-        meta = policy_metadata(model, files, fp16)
-        meta["source"] = str(checkpoint)
-        (tmp / POLICY_FILE).write_text(json.dumps(meta, indent=2))
-        meta["parity"] = check_parity(reference, tmp, parity_inputs, fp16) if parity_inputs > 0 else None
-        (tmp / POLICY_FILE).write_text(json.dumps(meta, indent=2))
-    return meta
+        spec = policy_spec(model, files, fp16)
+        spec.source = str(checkpoint)
+        spec.reference = write_reference(reference, tmp / REFERENCE_FILE)
+        spec.save(tmp)
+        spec.parity = check_parity(reference, tmp, parity_inputs, fp16) if parity_inputs > 0 else None
+        spec.save(tmp)
+    return spec.to_dict()
+
+
+def write_reference(model: VLA, path: Path, samples: int = 2) -> str:
+    """Inputs (prompts at their full padded length, as a CUDA graph takes them) with PyTorch's action
+    tokens and logits, for `OnnxPolicy` to check the provider it loads on."""
+    batch = example_inputs(model, batch=samples, seed=7)
+    with torch.no_grad():
+        ids = model.predict_action_ids(batch)
+        logits = model.action_logits_for(Batch(batch.images, batch.prompt_ids, batch.prompt_mask, batch.state, ids))
+    arrays = {name: value.numpy() for name, value in batch.feeds().items()}
+    np.savez(path, **arrays, expected_action_ids=ids.numpy(), expected_action_logits=logits.float().numpy())
+    return path.name
 
 
 FP16_RELATIVE_TOLERANCE = 0.02  # of the largest logit magnitude
@@ -263,7 +253,7 @@ def check_parity(model: VLA, exported: Path, num_inputs: int, fp16: bool) -> dic
     """Action tokens and logits of onnxruntime (CPU) against PyTorch on random inputs, in batches of 1 and 4."""
     from policies.onnx_policy import OnnxPolicy
 
-    runtime = OnnxPolicy(exported, device="cpu", verbose=False)
+    runtime = OnnxPolicy(exported, device="cpu", verbose=False, check_reference=False)
     max_logit_diff = max_abs_logit = 0.0
     mismatched = total = 0
     seen = 0
@@ -278,9 +268,7 @@ def check_parity(model: VLA, exported: Path, num_inputs: int, fp16: bool) -> dic
             torch_ids = model.predict_action_ids(batch).numpy()
             torch_logits = model.action_logits_for(Batch(batch.images, batch.prompt_ids, batch.prompt_mask, batch.state,
                                                           torch.from_numpy(torch_ids))).numpy()
-        ort_ids, ort_logits = runtime.run_tokens(batch.images.numpy(), batch.prompt_ids.numpy(),
-                                                 batch.prompt_mask.numpy(),
-                                                 None if batch.state is None else batch.state.numpy())
+        ort_ids, ort_logits = runtime.run_tokens({name: value.numpy() for name, value in batch.feeds().items()})
         mismatched += int((ort_ids != torch_ids).sum())
         total += torch_ids.size
         max_logit_diff = max(max_logit_diff, float(np.abs(ort_logits - torch_logits).max()))

@@ -14,25 +14,15 @@ class TorchPolicy:
     """PyTorch eager inference of a VLA checkpoint. act(observation) -> actions [K, D]."""
 
     def __init__(self, path: str | Path, device: str = "auto"):
+        from vla.model.checkpoint import policy_spec
         from vla.model.vla import VLA
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.path = Path(path)
         self.model = VLA.from_pretrained(path, device=device)
-        config = self.model.config
-        meta = self.model.meta
-        self.metadata = {
-            "runtime": "torch",
-            "device": device,
-            "decoding": config.decoding,
-            "action_dim": config.action_dim,
-            "chunk_size": config.chunk_size,
-            "image_size": config.vision.image_size,
-            "state_dim": config.state_dim,
-            "control_hz": meta.get("fps", 10),
-            "env_args": meta.get("env_args", {}),
-        }
+        self.spec = policy_spec(self.model)
+        self.metadata = self.spec.metadata(runtime="torch", device=device)
 
     def reset(self) -> None:
         """Stateless between decisions."""

@@ -50,13 +50,13 @@ def episode_gif(policy, env_id: str, env_kwargs: dict, seed: int, out: Path, fps
     obs, info = env.reset(seed=seed)
     executor = ChunkExecutor("receding")
     frames = [env.render()]
-    done = False
+    done, step = False, 0
     while not done:
-        if executor.needs_chunk():
-            executor.add_chunk(policy.act({**obs, "prompt": info["instruction"]}))
-        obs, _, terminated, truncated, info = env.step(executor.next_action())
+        if executor.needs_chunk(step):
+            executor.add_chunk(policy.act({**obs, "prompt": info["instruction"]}), observed_at=step)
+        obs, _, terminated, truncated, info = env.step(executor.action(step))
         frames.append(env.render())
-        done = terminated or truncated
+        done, step = terminated or truncated, step + 1
     env.close()
     images = [Image.fromarray(f) for f in frames]
     images[0].save(out, save_all=True, append_images=images[1:] + [images[-1]] * fps, duration=int(1000 / fps), loop=0)

@@ -120,7 +120,9 @@ def collect(
     env_args = {"env_name": env_id, "env_kwargs": job.env_kwargs, "noise": noise}
     written = failures = attempts = 0
     targets = _object_colors(env_id, job.env_kwargs) if all_targets else []
-    with EpisodeWriter(out, env_args=env_args, append=append) as writer:
+    env, _ = _make(job)
+    action_space = {"names": env.unwrapped.metadata.get("action_names"), "hold": env.unwrapped.metadata.get("action_hold")}
+    with EpisodeWriter(out, env_args=env_args, append=append, action_space=action_space) as writer:
         if seed is None:
             seed = max(writer.existing_seeds(), default=-1) + 1
         next_seed = seed

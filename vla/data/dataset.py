@@ -1,8 +1,9 @@
 """Training data: episodes from one or more HDF5 stores, held in memory as model-ready tensors.
 
-Each sample is one time step t of one episode: the image and state at t, the episode's prompt,
-and the action chunk a[t : t + K] as token ids (positions past the episode's end are ignored).
-Images are resized once, at load, with the same function the deployed policy uses.
+Each sample is one time step t of one episode: each camera's image and the state at t, the
+episode's prompt, and the action chunk a[t : t + K] as token ids (positions past the episode's end
+are ignored). Prompts, states and images go through the deployed policy's own preprocessing
+(`policies.preprocess.ObservationEncoder`); images are resized once, at load.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from policies.actions import ActionTokenizer, action_statistics
-from policies.preprocess import PromptTokenizer, normalize_state, resize_image, trim_prompt_padding
+from policies.preprocess import ObservationEncoder, normalize_state, resize_image, trim_prompt_padding
 from vla.data.store import EpisodeReader
 from vla.errors import DatasetError
 from vla.model.vla import IGNORE_INDEX, Batch
@@ -24,7 +25,7 @@ from vla.model.vla import IGNORE_INDEX, Batch
 class RawEpisodes:
     """Everything read from the stores, before tokenization."""
 
-    images: list[np.ndarray]  # per episode uint8 [T, s, s, 3], resized to the model's size
+    images: dict[str, list[np.ndarray]]  # per camera, per episode uint8 [T, s, s, 3], resized to the model's size
     target_positions: list[np.ndarray | None]  # per episode float32 [T, 3] (privileged), where recorded
     states: list[np.ndarray]  # per episode float32 [T, S]
     actions: list[np.ndarray]  # per episode float32 [T, D]
@@ -32,26 +33,49 @@ class RawEpisodes:
     targets: list[str]
     env_args: dict
     fps: float
+    action_space: dict  # {"names", "hold"} as the stores record them, or {}
 
     @property
     def num_steps(self) -> int:
         return sum(len(a) for a in self.actions)
 
 
-def load_episodes(paths: list[str | Path], image_size: int, image_key: str = "image") -> RawEpisodes:
+def camera_keys(paths: list[str | Path]) -> list[str]:
+    """The cameras of the first episode of the first store."""
     if not paths:
         raise DatasetError("no dataset given (data.paths is empty)")
-    raw = RawEpisodes([], [], [], [], [], [], {}, 10.0)
+    with EpisodeReader(paths[0]) as reader:
+        if len(reader) == 0:
+            raise DatasetError(f"{paths[0]}: holds no episodes")
+        keys = reader.camera_keys(0)
+    if not keys:
+        raise DatasetError(f"{paths[0]}: data/demo_0/obs holds no camera (uint8 [T, H, W, 3])")
+    return keys
+
+
+def load_episodes(paths: list[str | Path], image_size: int, image_keys: list[str]) -> RawEpisodes:
+    if not paths:
+        raise DatasetError("no dataset given (data.paths is empty)")
+    raw = RawEpisodes({key: [] for key in image_keys}, [], [], [], [], [], {}, 10.0, {})
     for path in paths:
         with EpisodeReader(path) as reader:
             if len(reader) == 0:
                 raise DatasetError(f"{path}: holds no episodes")
             raw.env_args = raw.env_args or reader.env_args
+            if reader.action_space and raw.action_space and reader.action_space != raw.action_space:
+                raise DatasetError(f"{path}: its action space {reader.action_space} differs from "
+                                   f"{paths[0]}'s {raw.action_space}")
+            raw.action_space = raw.action_space or reader.action_space
             for i in range(len(reader)):
+                cameras = reader.camera_keys(i)
+                if any(key not in cameras for key in image_keys):
+                    raise DatasetError(f"{path}: data/{reader.names[i]} has cameras {cameras}, the model takes "
+                                       f"{image_keys}")
                 extra = ("target_position",) if "target_position" in reader.observation_keys(i) else ()
-                ep = reader.episode(i, keys=(image_key, "state", *extra))
+                ep = reader.episode(i, keys=(*image_keys, "state", *extra))
                 raw.target_positions.append(ep.observations.get("target_position"))
-                raw.images.append(np.stack([resize_image(f, image_size) for f in ep.observations[image_key]]))
+                for key in image_keys:
+                    raw.images[key].append(np.stack([resize_image(f, image_size, key) for f in ep.observations[key]]))
                 raw.states.append(ep.observations["state"].astype(np.float32))
                 raw.actions.append(ep.actions.astype(np.float32))
                 raw.instructions.append(str(ep.attrs.get("instruction", "")))
@@ -76,22 +100,22 @@ class DemoDataset(torch.utils.data.Dataset):
     def __init__(
         self,
         raw: RawEpisodes,
-        norm_stats: dict,
-        prompts: PromptTokenizer,
+        encoder: ObservationEncoder,
         actions: ActionTokenizer,
         chunk_size: int,
-        use_state: bool,
         aux_loss: str = "none",
     ):
         if actions.dim != raw.actions[0].shape[1]:
             raise DatasetError(
                 f"the data's actions have {raw.actions[0].shape[1]} dimensions, the model expects {actions.dim}"
             )
-        self.images = torch.from_numpy(np.concatenate(raw.images))
-        self.states = torch.from_numpy(np.concatenate([normalize_state(s, norm_stats["state"]) for s in raw.states]))
+        self.images = {key: torch.from_numpy(np.concatenate(frames)) for key, frames in raw.images.items()}
+        self.use_state = encoder.state_stats is not None
+        if self.use_state:
+            self.states = torch.from_numpy(np.concatenate([normalize_state(s, encoder.state_stats) for s in raw.states]))
         prompt_ids, prompt_masks, episode_of_step, chunks, chunk_valid = [], [], [], [], []
         for e, (instruction, acts) in enumerate(zip(raw.instructions, raw.actions)):
-            ids, mask = prompts(instruction)
+            ids, mask = encoder.prompts(instruction)
             prompt_ids.append(ids)
             prompt_masks.append(mask)
             steps = len(acts)
@@ -110,20 +134,19 @@ class DemoDataset(torch.utils.data.Dataset):
         self.chunk_actions = torch.from_numpy(chunk_actions)
         self.chunk_valid = torch.from_numpy(valid)
         self.aux_target, self.aux_mask = _aux_targets(aux_loss, raw, actions, chunk_actions, valid)
-        self.use_state = use_state
         self.targets = raw.targets
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.episode)
 
     def batch(self, indices: torch.Tensor, shift: int = 0, offsets: torch.Tensor | None = None) -> Batch:
         """Gather samples; with `shift > 0`, translate each image by `offsets - shift` pixels
         (offsets int [B, 2] in [0, 2 * shift], DrQ-style augmentation)."""
-        images = self.images[indices]
+        images = {key: frames[indices] for key, frames in self.images.items()}
         if shift:
             if offsets is None:
                 offsets = torch.randint(0, 2 * shift + 1, (len(indices), 2))
-            images = shift_images(images, shift, offsets)
+            images = {key: shift_images(frames, shift, offsets) for key, frames in images.items()}
         episodes = self.episode[indices]
         prompt_ids, prompt_mask = trim_prompt_padding(self.prompt_ids[episodes], self.prompt_mask[episodes])
         return Batch(

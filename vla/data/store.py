@@ -1,6 +1,6 @@
 """The native episode store: robomimic-style HDF5.
 
-    data/                       attrs: env_args (JSON), total (steps)
+    data/                       attrs: env_args (JSON), total (steps), action_space (JSON: names, hold)
       demo_0/                   attrs: instruction, task, target, seed, fps, num_samples, success
         obs/image               uint8   [T, H, W, 3]
         obs/wrist_image         uint8   [T, H, W, 3]  (optional)
@@ -24,7 +24,10 @@ import numpy as np
 
 from vla.errors import DatasetError
 
-IMAGE_KEYS = ("image", "wrist_image")
+
+def is_image(dataset) -> bool:
+    """A camera's frames: uint8 [T, H, W, 3]."""
+    return dataset.dtype == np.uint8 and len(dataset.shape) == 4 and dataset.shape[-1] == 3
 
 
 @dataclass
@@ -42,7 +45,8 @@ class Episode:
 class EpisodeWriter:
     """Appends episodes to an HDF5 file. Use as a context manager."""
 
-    def __init__(self, path: str | Path, env_args: dict, append: bool = False):
+    def __init__(self, path: str | Path, env_args: dict, append: bool = False, action_space: dict | None = None):
+        """`action_space`: {"names": [...], "hold": [number or None per dimension]} (see policies.spec)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if append and self.path.exists():
@@ -52,6 +56,8 @@ class EpisodeWriter:
         if "env_args" not in self._data.attrs:
             self._data.attrs["env_args"] = json.dumps(env_args)
             self._data.attrs["total"] = 0
+        if action_space is not None and "action_space" not in self._data.attrs:
+            self._data.attrs["action_space"] = json.dumps(action_space)
         self.num_episodes = len(_demo_names(self._data))
 
     def add(self, episode: Episode) -> str:
@@ -59,7 +65,7 @@ class EpisodeWriter:
         group = self._data.create_group(name)
         obs = group.create_group("obs")
         for key, value in episode.observations.items():
-            if key in IMAGE_KEYS:
+            if is_image(value):
                 obs.create_dataset(key, data=value, chunks=(1, *value.shape[1:]), compression="lzf")
             else:
                 obs.create_dataset(key, data=value)
@@ -133,6 +139,16 @@ class EpisodeReader:
     @property
     def env_args(self) -> dict:
         return json.loads(self._data.attrs.get("env_args", "{}"))
+
+    @property
+    def action_space(self) -> dict:
+        """{"names", "hold"} where the store records them, else {}."""
+        return json.loads(self._data.attrs.get("action_space", "{}"))
+
+    def camera_keys(self, index: int = 0) -> list[str]:
+        """The observation keys of episode `index` that hold camera frames."""
+        obs = self._data[self.names[index]]["obs"]
+        return [key for key in obs.keys() if is_image(obs[key])]
 
     def __len__(self) -> int:
         return len(self.names)

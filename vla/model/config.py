@@ -57,6 +57,9 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
+    # Camera keys the model reads, in order (HDF5 obs/<key>, LeRobot observation.images.<key>, the
+    # robot's observation); None: every camera in the training data. One ViT reads them all.
+    image_keys: list[str] | None = None
     vision: VisionConfig = field(default_factory=VisionConfig)
     second_vision: VisionConfig | None = None  # fused channel-wise (OpenVLA's DINOv2 + SigLIP)
     film: bool = False  # instruction-conditioned vision (OpenVLA-OFT+)
@@ -67,8 +70,8 @@ class ModelConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     decoding: str = "parallel"
     chunk_size: int = 1  # K future actions predicted per decision
-    action_dim: int = 4  # D; set from the data at training time
-    state_dim: int = 4  # 0 = no proprioceptive token
+    action_dim: int | None = None  # D; None: from the data (its normalization statistics)
+    state_dim: int | None = None  # S; None: from the data; 0: no proprioceptive token
     n_bins: int = 256
     max_prompt_tokens: int = 32
     text_vocab_size: int = 512  # size of the BPE trained on the instructions (from-scratch backbones)
@@ -86,8 +89,12 @@ class ModelConfig:
         ):
             if value not in valid:
                 raise ValueError(f"{name} must be one of {', '.join(valid)}, got {value!r}")
-        if self.chunk_size < 1 or self.action_dim < 1 or self.n_bins < 2:
+        if self.image_keys is not None and (not self.image_keys or len(set(self.image_keys)) != len(self.image_keys)):
+            raise ValueError(f"image_keys must name distinct cameras, got {self.image_keys}")
+        if self.chunk_size < 1 or (self.action_dim is not None and self.action_dim < 1) or self.n_bins < 2:
             raise ValueError("chunk_size and action_dim must be >= 1 and n_bins >= 2")
+        if self.state_dim is not None and self.state_dim < 0:
+            raise ValueError(f"state_dim must be >= 0, got {self.state_dim}")
 
     @property
     def action_tokens(self) -> int:

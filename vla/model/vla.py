@@ -16,22 +16,16 @@ Decoding:
 
 from __future__ import annotations
 
-import json
-import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_file, save_model
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from policies.actions import ActionTokenizer
-from policies.preprocess import PromptTokenizer, normalize_state, resize_image, trim_prompt_padding
-from vla.atomic import atomic_directory
-from vla.config import from_dict, to_dict
 from vla.errors import CheckpointError
 from vla.model.backbone import (
     CrossAttendingLayer,
@@ -41,13 +35,9 @@ from vla.model.backbone import (
     load_pretrained_llama,
 )
 from vla.model.config import ModelConfig
-from vla.model.text import TOKENIZER_FILE, special_ids
+from vla.model.text import special_ids
 from vla.model.vision import VisionTower
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-NORM_STATS_FILE = "norm_stats.json"
-CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, NORM_STATS_FILE, TOKENIZER_FILE)
 IGNORE_INDEX = -100
 
 
@@ -59,20 +49,42 @@ class FilmInputNorm(nn.Module):
     (batch statistics in training, running ones at inference, as BatchNorm) removes that shared part
     and leaves what tells instructions apart. Unit length (not unit variance per channel) keeps FiLM's
     scales moving by ~lr per Adam step instead of ~lr * sqrt(width), which washed the image out.
+
+    In training the batch statistics are those of the whole global batch: under DDP or FSDP each
+    process all-reduces its sums (a differentiable all-reduce, which gloo runs on CPUs too), so N
+    processes normalize exactly as one process does with the same batch.
     """
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, momentum: float = 0.1, eps: float = 1e-5):
         super().__init__()
-        self.norm = nn.BatchNorm1d(width, affine=False)
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("running_mean", torch.zeros(width))
+        self.register_buffer("running_var", torch.ones(width))
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        if self.training and len(pooled) == 1:  # batch statistics need two samples
-            self.norm.eval()
-            out = self.norm(pooled)
-            self.norm.train()
+        """pooled [B, W] -> [B, W]."""
+        x = pooled.float()
+        if self.training:
+            count = torch.tensor([float(len(x))], device=x.device)
+            sums = torch.cat([x.sum(0), (x * x).sum(0), count])
+            if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                    and torch.distributed.get_world_size() > 1:
+                from torch.distributed.nn.functional import all_reduce
+
+                sums = all_reduce(sums)
+            width = x.shape[-1]
+            n = sums[-1]
+        if self.training and n > 1:  # batch statistics need two samples
+            mean = sums[:width] / n
+            var = (sums[width : 2 * width] / n - mean * mean).clamp(min=0.0)
+            with torch.no_grad():
+                unbiased = var * n / (n - 1)
+                self.running_mean.lerp_(mean.detach(), self.momentum)
+                self.running_var.lerp_(unbiased.detach(), self.momentum)
         else:
-            out = self.norm(pooled)
-        return out / pooled.shape[-1] ** 0.5
+            mean, var = self.running_mean, self.running_var
+        out = (x - mean) / torch.sqrt(var + self.eps)
+        return (out / pooled.shape[-1] ** 0.5).to(pooled.dtype)
 
 
 class AuxiliaryHead(nn.Module):
@@ -110,11 +122,11 @@ def _scaled_rms_norm(width: int, scale: float) -> nn.RMSNorm:
 
 @dataclass
 class Batch:
-    """Model inputs. Shapes: images uint8 [B, H, W, 3]; prompt_ids, prompt_mask int64 [B, L];
+    """Model inputs. Shapes: images {camera key: uint8 [B, H, W, 3]}; prompt_ids, prompt_mask int64 [B, L];
     state float32 [B, S] (normalized) or None; action_ids int64 [B, K*D] (training targets,
     IGNORE_INDEX where a chunk runs past the episode's end)."""
 
-    images: torch.Tensor
+    images: dict[str, torch.Tensor]
     prompt_ids: torch.Tensor
     prompt_mask: torch.Tensor
     state: torch.Tensor | None = None
@@ -123,9 +135,37 @@ class Batch:
     aux_mask: torch.Tensor | None = None  # float [B, A]: 1 where aux_target counts
 
     def to(self, device) -> Batch:
-        return Batch(*(t.to(device, non_blocking=True) if t is not None else None for t in
-                       (self.images, self.prompt_ids, self.prompt_mask, self.state, self.action_ids,
-                        self.aux_target, self.aux_mask)))
+        def move(value):
+            if isinstance(value, dict):
+                return {k: v.to(device, non_blocking=True) for k, v in value.items()}
+            return value.to(device, non_blocking=True) if value is not None else None
+
+        return Batch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
+
+    def select(self, index) -> Batch:
+        """The rows `index` (a slice, an index tensor) of every field."""
+        def pick(value):
+            if isinstance(value, dict):
+                return {k: v[index] for k, v in value.items()}
+            return value[index] if value is not None else None
+
+        return Batch(**{f.name: pick(getattr(self, f.name)) for f in fields(self)})
+
+    @classmethod
+    def from_feeds(cls, feeds: dict[str, np.ndarray], image_keys: list[str], device="cpu") -> Batch:
+        """The observation encoder's numpy arrays (`policies.preprocess.ObservationEncoder`) -> a Batch."""
+        def tensor(name):
+            return torch.from_numpy(np.ascontiguousarray(feeds[name])).to(device)
+
+        return cls(images={key: tensor(key) for key in image_keys}, prompt_ids=tensor("prompt_ids"),
+                   prompt_mask=tensor("prompt_mask"), state=tensor("state") if "state" in feeds else None)
+
+    def feeds(self) -> dict[str, torch.Tensor]:
+        """The inputs by graph input name: one per camera key, then prompt and state."""
+        out = {**self.images, "prompt_ids": self.prompt_ids, "prompt_mask": self.prompt_mask}
+        if self.state is not None:
+            out["state"] = self.state
+        return out
 
 
 class VLA(nn.Module):
@@ -140,6 +180,13 @@ class VLA(nn.Module):
         """Build the architecture. `llama` is a loaded backbone (pretrained); without it one is built
         from `config.backbone` or from `meta["llama"]` (when loading a saved checkpoint)."""
         super().__init__()
+        if not config.image_keys:
+            config.image_keys = ["image"]
+        # Dimensions the config leaves open are the data's (its normalization statistics).
+        if config.action_dim is None:
+            config.action_dim = len(norm_stats["action"]["q01"])
+        if config.state_dim is None:
+            config.state_dim = len(norm_stats["state"]["q01"]) if "state" in norm_stats else 0
         self.config = config
         self.norm_stats = norm_stats
         self.meta = dict(meta or {})
@@ -148,7 +195,6 @@ class VLA(nn.Module):
 
         text_tokenizer = Tokenizer.from_file(str(self.text_tokenizer_file))
         self.bos_id, self.pad_id = special_ids(text_tokenizer)
-        self.prompt_tokenizer = PromptTokenizer(self.text_tokenizer_file, config.max_prompt_tokens, self.pad_id)
 
         if llama is None:
             if "llama" in self.meta:
@@ -172,6 +218,10 @@ class VLA(nn.Module):
         self.vision = VisionTower(config.vision, config.second_vision, config.projector, hidden,
                                   film_dim=hidden if config.film else 0)
         self.film_norm = FilmInputNorm(hidden) if config.film else None
+        # One ViT reads every camera (OpenVLA-OFT's choice); a learned embedding per camera tells the
+        # backbone which view a token comes from.
+        self.camera_embeddings = (nn.Parameter(torch.zeros(len(config.image_keys), hidden))
+                                  if len(config.image_keys) > 1 else None)
         self.state_proj = nn.Linear(config.state_dim, hidden) if config.state_dim else None
         # Image and state tokens enter at the scale of the text embeddings. Unscaled, a fresh projector
         # gives them norms ~100x those of the words, so the residual stream at image positions can
@@ -205,52 +255,17 @@ class VLA(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> VLA:
-        """Load a checkpoint directory written by `save_pretrained`."""
-        path = Path(path)
-        if not path.is_dir():
-            raise CheckpointError(f"{path}: not a checkpoint directory")
-        missing = [name for name in CHECKPOINT_FILES if not (path / name).exists()]
-        if missing:
-            raise CheckpointError(f"{path}: missing {', '.join(missing)} (a checkpoint holds {', '.join(CHECKPOINT_FILES)})")
-        saved = json.loads((path / CONFIG_FILE).read_text())
-        if "model" not in saved:
-            raise CheckpointError(f"{path / CONFIG_FILE}: no 'model' section; not a VLA checkpoint")
-        config = from_dict(ModelConfig, saved["model"], "model.")
-        # Weights come from model.safetensors: build every part without downloading anything.
-        config.vision.pretrained = None
-        if config.second_vision is not None:
-            config.second_vision.pretrained = None
-        config.backbone.pretrained = None
-        norm_stats = json.loads((path / NORM_STATS_FILE).read_text())
-        model = cls(config, path / TOKENIZER_FILE, norm_stats, meta=saved.get("meta", {}))
-        model.config.vision.pretrained = saved["model"]["vision"].get("pretrained")
-        model.config.backbone.pretrained = saved["model"]["backbone"].get("pretrained")
-        try:
-            missing_keys, unexpected = load_model(model, path / WEIGHTS_FILE, strict=False, device=str(device))
-        except Exception as err:  # safetensors raises several types for a damaged file
-            raise CheckpointError(f"{path / WEIGHTS_FILE}: cannot load ({str(err).splitlines()[0]})") from None
-        if missing_keys or unexpected:
-            raise CheckpointError(
-                f"{path / WEIGHTS_FILE} does not match {CONFIG_FILE}: "
-                f"missing {sorted(missing_keys)[:3]}, unexpected {sorted(unexpected)[:3]}"
-            )
-        return model.to(device).eval()
+        """Load a checkpoint directory written by `save_pretrained` (see vla/model/checkpoint.py)."""
+        from vla.model.checkpoint import load_checkpoint
+
+        return load_checkpoint(cls, path, device)
 
     def save_pretrained(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-        """Write config.json, model.safetensors, norm_stats.json and tokenizer.json, atomically.
+        """Write the checkpoint directory atomically; `state_dict` replaces this module's own weights
+        (a sharded model's, gathered)."""
+        from vla.model.checkpoint import save_checkpoint
 
-        `state_dict` replaces this module's own weights (a sharded model's, gathered)."""
-        path = Path(path)
-        with atomic_directory(path) as tmp:
-            (tmp / CONFIG_FILE).write_text(json.dumps({"model": to_dict(self.config), "meta": self.meta}, indent=2))
-            if state_dict is None:
-                save_model(self, str(tmp / WEIGHTS_FILE))
-            else:
-                save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp / WEIGHTS_FILE))
-            (tmp / NORM_STATS_FILE).write_text(json.dumps(self.norm_stats, indent=2))
-            shutil.copyfile(self.text_tokenizer_file, tmp / TOKENIZER_FILE)
-        self.text_tokenizer_file = path / TOKENIZER_FILE
-        return path
+        return save_checkpoint(self, path, state_dict)
 
     def merge_lora(self) -> VLA:
         """Fold LoRA adapters into the base weights (for export); the model then saves without peft."""
@@ -265,8 +280,13 @@ class VLA(nn.Module):
         return self.config.vision.image_size
 
     @property
+    def image_keys(self) -> list[str]:
+        return list(self.config.image_keys)
+
+    @property
     def num_image_tokens(self) -> int:
-        return self.vision.num_tokens
+        """Image tokens of all cameras together."""
+        return self.vision.num_tokens * len(self.config.image_keys)
 
     def _llama_base(self) -> LlamaForCausalLM:
         return self.llama.get_base_model() if hasattr(self.llama, "get_base_model") else self.llama
@@ -279,11 +299,16 @@ class VLA(nn.Module):
         return self._llama_base().get_output_embeddings()(hidden)[..., -self.config.n_bins :]
 
     def _check(self, batch: Batch) -> None:
-        b = batch.images.shape[0]
-        size = self.image_size
-        if batch.images.dtype != torch.uint8 or tuple(batch.images.shape[1:]) != (size, size, 3):
-            raise ValueError(f"images must be uint8 [B, {size}, {size}, 3], got {batch.images.dtype} {list(batch.images.shape)}")
-        if batch.prompt_ids.shape != batch.prompt_mask.shape or batch.prompt_ids.shape[0] != b:
+        size, keys = self.image_size, self.image_keys
+        if not isinstance(batch.images, dict) or sorted(batch.images) != sorted(keys):
+            got = sorted(batch.images) if isinstance(batch.images, dict) else type(batch.images).__name__
+            raise ValueError(f"images must be a dict with the cameras {keys}, got {got}")
+        b = batch.prompt_ids.shape[0]
+        for key, images in batch.images.items():
+            if images.dtype != torch.uint8 or tuple(images.shape) != (b, size, size, 3):
+                raise ValueError(f"images[{key!r}] must be uint8 [B={b}, {size}, {size}, 3], "
+                                 f"got {images.dtype} {list(images.shape)}")
+        if batch.prompt_ids.shape != batch.prompt_mask.shape:
             raise ValueError(f"prompt_ids and prompt_mask must both be [B={b}, L], got {list(batch.prompt_ids.shape)} "
                              f"and {list(batch.prompt_mask.shape)}")
         if self.config.state_dim:
@@ -292,19 +317,29 @@ class VLA(nn.Module):
                 raise ValueError(f"state must be [B={b}, {self.config.state_dim}], got {got}")
 
     def encode_images(self, batch: Batch) -> torch.Tensor:
-        """Projected image tokens [B, N, H], conditioned on the instruction when FiLM is on."""
+        """Projected image tokens of every camera, [B, C*N, H], conditioned on the instruction when
+        FiLM is on. The cameras share the ViT: they run as one batch of B*C images."""
         film = None
         if self.config.film:
             prompt = self.embed_tokens(batch.prompt_ids)
             weights = batch.prompt_mask.unsqueeze(-1).to(prompt.dtype)
             pooled = (prompt * weights).sum(1) / weights.sum(1).clamp(min=1.0)
             film = self.film_norm(pooled)
-        return self.vision(batch.images, film)
+        cameras = len(self.image_keys)
+        images = torch.cat([batch.images[key] for key in self.image_keys])  # [C*B, H, W, 3], camera-major
+        if film is not None and cameras > 1:
+            film = film.repeat(cameras, 1)
+        tokens = self.vision(images, film)  # [C*B, N, H]
+        if cameras == 1:
+            return tokens
+        tokens = tokens.unflatten(0, (cameras, -1))  # [C, B, N, H]; no Python int of B: the export keeps B dynamic
+        tokens = tokens + self.camera_embeddings.to(tokens.dtype)[:, None, None]
+        return tokens.transpose(0, 1).flatten(1, 2)
 
     def embed_prefix(self, batch: Batch, image_tokens: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """-> prefix embeddings [B, P, H], prefix validity [B, P] (bool), image memory [B, N, H] or None."""
-        b = batch.images.shape[0]
+        b = batch.prompt_ids.shape[0]
         prompt = self.embed_tokens(batch.prompt_ids)
         prompt_valid = batch.prompt_mask.bool()
         if image_tokens is None:
@@ -447,33 +482,15 @@ class VLA(nn.Module):
             valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
         return torch.stack(tokens, dim=1)
 
+    # ------------------------------------------------------------------ convenience
     def prepare(self, observations: list[dict]) -> Batch:
-        """Raw observations (image uint8 HxWx3 of any size, prompt str, state) -> a batch on the model's device."""
-        if not observations:
-            raise ValueError("no observations")
-        images, ids, masks, states = [], [], [], []
-        for obs in observations:
-            if "image" not in obs:
-                raise ValueError("observation is missing 'image'")
-            prompt = obs.get("prompt", obs.get("instruction"))
-            if prompt is None:
-                raise ValueError("observation is missing 'prompt' (the instruction)")
-            images.append(resize_image(obs["image"], self.image_size))
-            prompt_ids, prompt_mask = self.prompt_tokenizer(prompt)
-            ids.append(prompt_ids)
-            masks.append(prompt_mask)
-            if self.config.state_dim:
-                if "state" not in obs:
-                    raise ValueError(f"observation is missing 'state' ({self.config.state_dim} values)")
-                states.append(normalize_state(obs["state"], self.norm_stats["state"]))
-        device = next(self.parameters()).device
-        ids, masks = trim_prompt_padding(np.stack(ids), np.stack(masks))
-        return Batch(
-            images=torch.from_numpy(np.stack(images)).to(device),
-            prompt_ids=torch.from_numpy(ids).to(device),
-            prompt_mask=torch.from_numpy(masks).to(device),
-            state=torch.from_numpy(np.stack(states)).to(device) if states else None,
-        )
+        """Raw observations (a uint8 HxWx3 image per camera, of any size; prompt str; state) -> a batch on
+        the model's device, through the preprocessing every policy uses (`ObservationEncoder`)."""
+        if getattr(self, "_encoder", None) is None:
+            from vla.model.checkpoint import observation_encoder
+
+            self._encoder = observation_encoder(self)
+        return Batch.from_feeds(self._encoder(observations), self.image_keys, next(self.parameters()).device)
 
     @torch.no_grad()
     def predict_action(self, observations: dict | list[dict]) -> np.ndarray:

@@ -12,8 +12,10 @@ from vla.model.config import ModelConfig
 @dataclass
 class DataConfig:
     paths: list[str] = field(default_factory=list)
-    image_key: str = "image"
     augment_shift: int = 4  # pixels of random translation; 0 = off
+    # What standing still means per action dimension (a number for a delta dimension, null for an
+    # absolute one); None: what the data records (`vla collect` and `vla data import` record it).
+    action_hold: list | None = None
 
 
 @dataclass

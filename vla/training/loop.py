@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +24,11 @@ from tqdm import tqdm
 
 from vla.config import diff, to_dict
 from vla.data.dataset import DemoDataset, compute_norm_stats, load_episodes
+from vla.data.store import EpisodeReader
 from vla.errors import ConfigError, DatasetError
+from vla.model.checkpoint import WEIGHTS_FILE, load_weights, observation_encoder
 from vla.model.text import TOKENIZER_FILE, train_bpe
-from vla.model.vla import VLA, WEIGHTS_FILE
+from vla.model.vla import VLA
 from vla.training.checkpoints import (
     gather_full_state,
     latest_checkpoint,
@@ -104,9 +107,55 @@ def _text_tokenizer(config: TrainConfig, instructions: list[str], out_dir: Path,
     return path
 
 
+def resolve_from_data(config: TrainConfig) -> None:
+    """Fill the model's open dimensions (cameras, action and state sizes) from the first episode of the
+    data, and check the ones the recipe sets against it."""
+    if not config.data.paths:
+        raise DatasetError("no dataset given (data.paths is empty)")
+    first = config.data.paths[0]
+    with EpisodeReader(first) as reader:
+        if len(reader) == 0:
+            raise DatasetError(f"{first}: holds no episodes")
+        cameras = reader.camera_keys(0)
+        episode = reader.episode(0, keys=("state",))
+    model = config.model
+    if model.image_keys is None:
+        if not cameras:
+            raise DatasetError(f"{first}: data/demo_0/obs holds no camera (uint8 [T, H, W, 3])")
+        model.image_keys = cameras
+    missing = [key for key in model.image_keys if key not in cameras]
+    if missing:
+        raise DatasetError(f"{first}: has cameras {cameras}, model.image_keys asks for {model.image_keys}")
+    data_dim, state_dim = episode.actions.shape[1], episode.observations["state"].shape[1]
+    if model.action_dim is None:
+        model.action_dim = data_dim
+    elif data_dim != model.action_dim:
+        raise DatasetError(f"{first}: actions have {data_dim} dimensions but model.action_dim is {model.action_dim} "
+                           f"(leave it unset to take the data's)")
+    if model.state_dim is None:
+        model.state_dim = state_dim
+    elif model.state_dim and state_dim != model.state_dim:
+        raise DatasetError(f"{first}: obs/state has {state_dim} values but model.state_dim is {model.state_dim}")
+
+
+def action_semantics(config: TrainConfig, recorded: dict, dim: int) -> tuple[list[str], list]:
+    """(names, hold) of the action dimensions: the recipe's `data.action_hold` if set, else what the data
+    records; unknown holding counts as absolute (repeat the last command), with a warning."""
+    names = list(recorded.get("names") or [])
+    hold = config.data.action_hold if config.data.action_hold is not None else recorded.get("hold")
+    if hold is None:
+        warnings.warn("the data does not say what holding still means for its actions; assuming absolute targets "
+                      "(a late policy repeats the last command). Set data.action_hold, e.g. [0, 0, 0, null] "
+                      "for delta xyz and an absolute gripper", stacklevel=3)
+        hold = [None] * dim
+    if len(hold) != dim or (names and len(names) != dim):
+        raise ConfigError(f"the action space has {dim} dimensions; got hold {hold} and names {names}")
+    return names, list(hold)
+
+
 def prepare(config: TrainConfig, out_dir: Path) -> Prepared:
+    resolve_from_data(config)
     resume_from = latest_checkpoint(out_dir)
-    trainer_state = None
     if resume_from is not None:
         trainer_state = load_trainer_state(resume_from)
         changed = diff(trainer_state["config"]["model"], to_dict(config.model))
@@ -114,30 +163,23 @@ def prepare(config: TrainConfig, out_dir: Path) -> Prepared:
             raise ConfigError(
                 f"{out_dir} holds a checkpoint of a different model; refusing to resume. Changed: " + "; ".join(changed)
             )
-    raw = load_episodes(config.data.paths, config.model.vision.image_size, config.data.image_key)
-    data_dim = raw.actions[0].shape[1]
-    if data_dim != config.model.action_dim:
-        raise DatasetError(
-            f"{config.data.paths[0]}: actions have {data_dim} dimensions but model.action_dim is "
-            f"{config.model.action_dim} (set --set model.action_dim={data_dim})"
-        )
-    state_dim = raw.states[0].shape[1]
-    if config.model.state_dim and state_dim != config.model.state_dim:
-        raise DatasetError(
-            f"{config.data.paths[0]}: obs/state has {state_dim} values but model.state_dim is {config.model.state_dim}"
-        )
+    raw = load_episodes(config.data.paths, config.model.vision.image_size, config.model.image_keys)
+    dims = {a.shape[1] for a in raw.actions}
+    if dims != {config.model.action_dim}:
+        raise DatasetError(f"episodes disagree on the action dimension: {sorted(dims)}")
     if resume_from is not None:
         norm_stats = json.loads((resume_from / "norm_stats.json").read_text())
     else:
         norm_stats = compute_norm_stats(raw)
     tokenizer_file = _text_tokenizer(config, raw.instructions, out_dir, resume_from)
+    names, hold = action_semantics(config, raw.action_space, config.model.action_dim)
     meta = {"env_args": raw.env_args, "fps": raw.fps, "train_data": list(config.data.paths),
-            "example_instruction": raw.instructions[0]}
+            "example_instruction": raw.instructions[0], "action_names": names, "action_hold": hold}
     model = VLA.create(config.model, tokenizer_file, norm_stats, meta=meta)
     if resume_from is not None:
-        load_model(model, resume_from / WEIGHTS_FILE)
-    dataset = DemoDataset(raw, norm_stats, model.prompt_tokenizer, model.action_tokenizer,
-                          config.model.chunk_size, use_state=bool(config.model.state_dim), aux_loss=config.model.aux_loss)
+        load_weights(model, resume_from / WEIGHTS_FILE)
+    dataset = DemoDataset(raw, observation_encoder(model), model.action_tokenizer, config.model.chunk_size,
+                          aux_loss=config.model.aux_loss)
     return Prepared(model, dataset, norm_stats, tokenizer_file, resume_from, raw.env_args)
 
 
