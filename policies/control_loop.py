@@ -301,10 +301,11 @@ class ControlLoop:
             started = self.clock()
             chunk = np.asarray(self.policy.act(request), np.float32)
             report.warmup_ms.append(1000 * (self.clock() - started))
-            if chunk.ndim != 2 or chunk.shape[1:] != self.safety.low.shape or not np.all(np.isfinite(chunk)):
-                raise UnsafeAction(f"warm-up: the policy answered a {list(chunk.shape)} chunk"
-                                   f"{'' if np.all(np.isfinite(chunk)) else ' with non-finite values'}, "
+            if chunk.ndim != 2 or chunk.shape[1:] != self.safety.low.shape:
+                raise UnsafeAction(f"warm-up: the policy answered a {list(chunk.shape)} chunk, "
                                    f"the robot takes [K, {self.safety.low.size}]")
+            if not np.all(np.isfinite(chunk)):
+                raise UnsafeAction("warm-up: the policy answered non-finite actions (NaN or inf)")
         self._latencies.append(report.warmup_ms[-1] / 1000)
         self._warm = True
 

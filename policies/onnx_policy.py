@@ -161,7 +161,8 @@ class OnnxPolicy:
                 self.sessions = {name: self._session(name, providers, label) for name in self.spec.files}
                 self._check_graphs()
                 active = self.sessions[self.spec.files[0]].get_providers()
-                if label != "CPU" and active[0] == "CPUExecutionProvider":
+                wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+                if active[0] != wanted:  # onnxruntime quietly runs on the next provider when one fails to load
                     raise RuntimeError(f"the {label} provider did not load (check the CUDA and cuDNN libraries)")
                 self.on_gpu = active[0] != "CPUExecutionProvider"
                 self._device_type = "cuda" if self.on_gpu else "cpu"

@@ -157,10 +157,18 @@ class TabletopEnv(gym.Env):
             raise RuntimeError("call reset() before reading the instruction")
         return self.task.instruction(self._layout)
 
+    def layout_of_seed(self, seed: int) -> Layout:
+        """The scene `reset(seed=seed)` lays out (before any `options["target"]`), without resetting."""
+        rng, _ = gym.utils.seeding.np_random(seed)
+        return self._draw_layout(rng)
+
+    def _draw_layout(self, rng: np.random.Generator) -> Layout:
+        return self.task.sample_layout(rng, self.colors, self.layout_kind, self.num_objects)
+
     # ----- Gymnasium API -----
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        self._layout = self.task.sample_layout(self.np_random, self.colors, self.layout_kind, self.num_objects)
+        self._layout = self._draw_layout(self.np_random)
         target = (options or {}).get("target")
         if target is not None:
             if target not in self._layout.object_xy:

@@ -85,16 +85,17 @@ class FaultyRobot:
 
 class FakePolicy:
     """Chunks of 4 actions of 4 dimensions; row i holds i / 10. Faults: `delay` seconds per call,
-    `first_delay` for the first call only, `nan` chunks, `fail_after` calls, `hang_after` calls
-    (never returns)."""
+    `first_delay` for the first call only, `nan` chunks (always, or after `nan_after` calls), an exception
+    after `fail_after` calls, no answer after `hang_after` calls."""
 
     def __init__(self, chunk=None, delay: float = 0.0, first_delay: float = 0.0, nan: bool = False,
-                 fail_after: int | None = None, hang_after: int | None = None, hold=(0.0, 0.0, 0.0, None)):
+                 fail_after: int | None = None, hang_after: int | None = None, nan_after: int | None = None,
+                 hold=(0.0, 0.0, 0.0, None)):
         self.chunk = np.tile(np.arange(4, dtype=np.float32)[:, None] / 10, (1, 4)) if chunk is None else chunk
         if nan:
             self.chunk = np.full_like(self.chunk, np.nan)
         self.delay, self.first_delay = delay, first_delay
-        self.fail_after, self.hang_after = fail_after, hang_after
+        self.fail_after, self.hang_after, self.nan_after = fail_after, hang_after, nan_after
         self.calls = 0
         self.fault_at: float | None = None
         self.metadata = {"action_dim": self.chunk.shape[1], "chunk_size": len(self.chunk), "action_hold": list(hold)}
@@ -114,6 +115,9 @@ class FakePolicy:
             threading.Event().wait(10)
         if self.delay:
             time.sleep(self.delay)
+        if self.nan_after is not None and self.calls > self.nan_after:
+            self.fault_at = time.monotonic()
+            return np.full_like(self.chunk, np.nan)
         return self.chunk.copy()
 
 
@@ -136,8 +140,10 @@ SCENARIOS = [
              robot={"fault": "observe_raises"}),
     Scenario("apply_action() raises", "stop(), the error is the stop reason", "servo bus timeout",
              robot={"fault": "act_raises"}),
-    Scenario("policy returns NaN", "the safety filter refuses it: stop(), nothing sent", "non-finite",
+    Scenario("policy returns NaN", "refused before anything is sent: stop()", "non-finite",
              policy={"nan": True}),
+    Scenario("policy returns NaN mid-run", "the safety filter refuses it: stop(), the NaN is not sent",
+             "non-finite", policy={"nan_after": 4}),
     Scenario("policy raises", "stop(), the error is the stop reason", "model exploded", policy={"fail_after": 3}),
     Scenario("policy never answers", "holds, then stop() after the watchdog's ticks", "policy late",
              policy={"hang_after": 3}),

@@ -84,11 +84,11 @@ def test_a_robot_that_can_hold_is_asked_to():
 
 
 def test_pipelined_chunks_leave_no_idle_ticks_when_a_decision_takes_longer_than_a_tick():
-    period = 1 / 20
+    period = 1 / 10  # 10 Hz, a decision takes 1.5 ticks
     runs = {}
     for lead in (None, 0):  # None: measured from the policy's latency; 0: ask only when the chunk is used up
         robot, policy = FaultyRobot(), FakePolicy(delay=1.5 * period)  # chunks of 4, all executed
-        with ControlLoop(policy, robot, rate_hz=20, lead_ticks=lead, watchdog_ticks=10) as loop:
+        with ControlLoop(policy, robot, rate_hz=10, lead_ticks=lead, watchdog_ticks=10) as loop:
             runs[lead] = loop.run(max_steps=24)
     pipelined, waiting = runs[None], runs[0]
     assert pipelined.lead_ticks == 2 and not pipelined.safe_stop

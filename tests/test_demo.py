@@ -19,6 +19,9 @@ def test_miniature_demo_runs_every_stage_and_resumes(tmp_path, capsys):
     assert on_disk == summary
     assert 0.0 <= summary["success_rate_torch"] <= 1.0 and 0.0 <= summary["success_rate_onnx"] <= 1.0
     assert summary["total_wall_s"] > 0
+    scenes = summary["scenes"]  # the evaluation seeds are new scenes, away from every demonstrated one
+    assert scenes["shared_seeds"] == 0 and scenes["evaluated_scenes"] == 3 and scenes["nearest_demo_cm_min"] > 0
+    assert summary["scenes"]["torch_seeds"] != summary["scenes"]["onnx_seeds"]
     report = (out / "report.md").read_text()
     for heading in ("PyTorch", "ONNX", "latency", "configs"):
         assert heading.lower() in report.lower(), heading

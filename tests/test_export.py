@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,3 +165,92 @@ def test_bench_times_every_runner_in_interleaved_rounds():
     times = time_interleaved([lambda: calls.append("a"), lambda: calls.append("b")], warmup=1, iters=4, rounds=2)
     assert [len(t) for t in times] == [4, 4]
     assert "".join(calls) == "aaa" + "bbb" + "aaa" + "bbb"  # per round: one uncounted call, then two timed
+
+
+def test_a_provider_that_does_not_load_falls_back_with_one_warning(exported, monkeypatch):
+    import policies.onnx_policy as onnx_policy
+
+    root, _ = exported
+    # A CUDA candidate on a machine without a GPU: onnxruntime either fails or quietly runs the session on
+    # the CPU provider. The policy must say so once and run on the next candidate.
+    chain = [("CUDA", ["CUDAExecutionProvider", "CPUExecutionProvider"]), ("CPU", ["CPUExecutionProvider"])]
+    monkeypatch.setattr(onnx_policy, "provider_chain", lambda device: (chain, "1 CUDA device"))
+    with pytest.warns(UserWarning, match="CUDA unusable") as caught:
+        policy = OnnxPolicy(root / "onnx", verbose=False)
+    assert len([w for w in caught if "OnnxPolicy" in str(w.message)]) == 1
+    assert policy.device_description.startswith("CPU (CUDA failed)") and not policy.on_gpu
+    assert policy.reference_check["provider"] == "CPU" and policy.reference_check["mismatched_tokens"] == 0
+
+
+def test_a_reference_mismatch_falls_back_and_refuses_to_load_when_the_cpu_disagrees_too(exported, tmp_path,
+                                                                                        monkeypatch):
+    import shutil
+
+    import policies.onnx_policy as onnx_policy
+
+    root, _ = exported
+    broken = tmp_path / "broken"
+    shutil.copytree(root / "onnx", broken)
+    with np.load(broken / "reference.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["expected_action_logits"] = arrays["expected_action_logits"] + 5.0  # what no provider computes
+    np.savez(broken / "reference.npz", **arrays)
+    with pytest.raises(PolicyLoadError, match="CPU: RuntimeError: reference mismatch"):
+        OnnxPolicy(broken, device="cpu", verbose=False)
+
+    # The first provider disagrees with the reference, the CPU agrees: fall back to the CPU, with a warning.
+    real_check = OnnxPolicy._check_reference
+
+    def check(self, reference, label):
+        if label == "CUDA":
+            raise RuntimeError("reference mismatch: 40% of action tokens differ")
+        return real_check(self, reference, label)
+
+    monkeypatch.setattr(OnnxPolicy, "_check_reference", check)
+    chain = [("CUDA", ["CPUExecutionProvider"]), ("CPU", ["CPUExecutionProvider"])]
+    monkeypatch.setattr(onnx_policy, "provider_chain", lambda device: (chain, "1 CUDA device"))
+    with pytest.warns(UserWarning, match="CUDA unusable .*reference mismatch"):
+        policy = OnnxPolicy(root / "onnx", verbose=False)
+    assert policy.device_description.startswith("CPU (CUDA failed)")
+
+
+def test_cuda_graph_capture_or_replay_failing_falls_back_to_the_plain_session(exported, monkeypatch):
+    import policies.onnx_policy as onnx_policy
+
+    root, _ = exported
+    policy = OnnxPolicy(root / "onnx", device="cpu", verbose=False)
+    obs = observation(4)
+    expected = policy.act(obs)
+
+    def no_capture(*args):
+        raise RuntimeError("CUDA graph capture is not supported with this provider")
+
+    monkeypatch.setattr(onnx_policy, "_CudaGraphRunner", no_capture)
+    with pytest.warns(UserWarning, match="CUDA graph capture unavailable"):
+        assert policy._cuda_graph_runner() is None
+
+    class BrokenReplay:
+        def run(self, feeds):
+            raise RuntimeError("cudaGraphLaunch failed")
+
+    policy._graph_runner = BrokenReplay()
+    with pytest.warns(UserWarning, match="CUDA graph replay failed"):
+        np.testing.assert_array_equal(policy.act(obs), expected)
+    assert policy._graph_runner is None  # and it is not tried again
+
+
+def test_tensorrt_gets_an_engine_cache_and_profile_shapes_for_every_camera(exported, tmp_path, monkeypatch):
+    from policies.onnx_policy import MAX_TENSORRT_BATCH, tensorrt_options
+    from policies.spec import PolicySpec
+
+    root, _ = exported
+    monkeypatch.setenv("VLA_TRT_CACHE", str(tmp_path / "trt"))
+    spec = PolicySpec.load(root / "onnx")
+    spec.image_keys = ["image", "wrist_image"]
+    options = tensorrt_options(spec, root / "onnx", "model.onnx")
+    assert Path(options["trt_engine_cache_path"]).parent == tmp_path / "trt"
+    assert options["trt_engine_cache_enable"] == "1"
+    low, high = options["trt_profile_min_shapes"], options["trt_profile_max_shapes"]
+    assert "image:1x32x32x3" in low and "wrist_image:1x32x32x3" in low and "prompt_ids:1x1" in low
+    assert f"wrist_image:{MAX_TENSORRT_BATCH}x32x32x3" in high
+    assert f"prompt_ids:{MAX_TENSORRT_BATCH}x{spec.max_prompt_tokens}" in high and "state:" in high

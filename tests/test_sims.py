@@ -95,3 +95,14 @@ def test_scripted_expert_succeeds_on_95_percent_of_seeds(env_id):
         successes += info["is_success"]
     env.close()
     assert successes >= 95, f"{env_id}: expert succeeded on {successes}/100 seeds"
+
+
+def test_layout_of_seed_is_the_layout_reset_draws():
+    env = gym.make("sims/Push-v0", image_size=32).unwrapped
+    for seed in (0, 7, 123):
+        layout = env.layout_of_seed(seed)
+        env.reset(seed=seed)
+        assert layout.target == env.target and set(layout.object_xy) == set(env.placed_colors)
+        for color, xy in layout.object_xy.items():
+            np.testing.assert_allclose(env.object_position(color)[:2], xy, atol=1e-9)
+    env.close()

@@ -296,6 +296,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Top-level modules of each extra (pyproject.toml), for a one-line message when one is missing.
+EXTRA_OF_MODULE = {"gymnasium": "sim", "mujoco": "sim", "metaworld": "metaworld"} | {
+    name: "train" for name in ("torch", "torchvision", "transformers", "timm", "peft", "accelerate", "bitsandbytes",
+                               "safetensors", "h5py", "onnx", "onnxscript", "pyarrow", "av", "yaml", "tqdm",
+                               "tensorboard", "matplotlib", "PIL")}
+
+
+def missing_extra(module: str) -> str | None:
+    return EXTRA_OF_MODULE.get(module.split(".")[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     if sys.platform.startswith("linux"):
         os.environ.setdefault("MUJOCO_GL", "egl")
@@ -308,6 +319,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vla {args.command}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as err:
+        extra = missing_extra(err.name or "")
+        if extra is None:
+            raise
+        print(f"vla {args.command}: needs {err.name!r}, which the base install leaves out: "
+              f"pip install 'vla-robotics[{extra}]'", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `vla data info F | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -6,6 +6,8 @@ import html
 import json
 from pathlib import Path
 
+import numpy as np
+
 
 def _load(path: Path) -> dict | list | None:
     return json.loads(path.read_text()) if path.exists() else None
@@ -66,6 +68,48 @@ def episode_gif(policy, env_id: str, env_kwargs: dict, seed: int, out: Path, fps
 FAILURE_SEARCH_EPISODES = 100
 
 
+def scene_novelty(env_id: str, env_kwargs: dict, demo_seeds: list[int], eval_seeds: list[int]) -> dict:
+    """How far each evaluation scene is from the closest demonstrated one.
+
+    Two scenes' distance is the largest displacement of any cube between them (cubes matched by colour,
+    a cube missing from one of them counts as infinitely far); each evaluation seed's novelty is its
+    distance to the nearest demonstration. Layouts are recomputed from the seeds, nothing is rendered.
+    """
+    import gymnasium as gym
+
+    import sims  # noqa: F401  (registers the environments)
+
+    env = gym.make(env_id, **{k: v for k, v in env_kwargs.items() if k not in ("render_mode", "render_size")}).unwrapped
+    colors = list(env.colors)
+
+    def positions(seeds) -> np.ndarray:
+        rows = []
+        for seed in seeds:
+            layout = env.layout_of_seed(int(seed))
+            rows.append([layout.object_xy.get(c, np.full(2, np.inf)) for c in colors])
+        return np.asarray(rows, np.float64)  # [N, C, 2]
+
+    demos, evals = positions(sorted(set(demo_seeds))), positions(eval_seeds)
+    env.close()
+    nearest = []
+    for scene in evals:
+        gaps = np.linalg.norm(demos - scene[None], axis=-1)  # [N, C]
+        gaps = np.where(np.isnan(gaps), 0.0, gaps)  # a cube absent from both scenes
+        nearest.append(float(gaps.max(axis=1).min()))
+    nearest = np.asarray(nearest)
+    overlap = sorted(set(demo_seeds) & set(eval_seeds))
+    return {"demonstrated_scenes": len(demos), "evaluated_scenes": len(evals), "shared_seeds": len(overlap),
+            "nearest_demo_cm_median": 100 * float(np.median(nearest)),
+            "nearest_demo_cm_min": 100 * float(nearest.min()), "nearest_demo_cm_max": 100 * float(nearest.max())}
+
+
+def demo_seeds(path: Path) -> list[int]:
+    from vla.data.store import EpisodeReader
+
+    with EpisodeReader(path) as reader:
+        return [int(reader.attrs(i).get("seed", -1)) for i in range(len(reader))]
+
+
 def _first_failure_beyond(policy, task: str, env_kwargs: dict, first_seed: int) -> dict | None:
     """When every evaluated episode succeeded, look for a failure to show on the next seeds."""
     from vla.evaluation import evaluate
@@ -110,9 +154,17 @@ def write_report(out: Path, task: str, env_kwargs: dict, stage_log: dict, total_
             if note:
                 gifs.setdefault(kind, {})["note"] = note
 
+    scenes = None
+    eval_seeds = [e["seed"] for result in (torch_eval, deploy) for e in result.get("episodes", [])]
+    if (out / "data" / "demos.hdf5").exists() and eval_seeds:
+        scenes = scene_novelty(task, env_kwargs, demo_seeds(out / "data" / "demos.hdf5"), eval_seeds)
+        scenes["torch_seeds"] = _seed_range(torch_eval)
+        scenes["onnx_seeds"] = _seed_range(deploy)
+
     summary = {
         "task": task,
         "env_kwargs": env_kwargs,
+        "scenes": scenes,
         "success_rate_torch": torch_eval.get("success_rate"),
         "ci95_torch": torch_eval.get("ci95"),
         "success_rate_onnx": deploy.get("success_rate"),
@@ -144,6 +196,25 @@ def write_report(out: Path, task: str, env_kwargs: dict, stage_log: dict, total_
     (out / "report.md").write_text(_markdown(summary, torch_eval, deploy, bench, curve, gifs, configs))
     (out / "report.html").write_text(_html(summary, torch_eval, deploy, bench, curve, gifs, configs))
     return summary
+
+
+def _seed_range(result: dict) -> list[int] | None:
+    seeds = [e["seed"] for e in result.get("episodes", [])]
+    return [min(seeds), max(seeds)] if seeds else None
+
+
+def _scenes_text(scenes: dict | None) -> str:
+    if not scenes:
+        return ""
+    def seeds(pair):
+        return f"{pair[0]}-{pair[1]}" if pair else "none"
+
+    return (f"Demonstrations cover {scenes['demonstrated_scenes']} scenes. The PyTorch evaluation runs seeds "
+            f"{seeds(scenes['torch_seeds'])}, the control loop seeds {seeds(scenes['onnx_seeds'])}: "
+            f"{scenes['evaluated_scenes']} scenes, {scenes['shared_seeds']} of them demonstrated. Measured as the largest "
+            f"displacement of any cube, each evaluation scene is {scenes['nearest_demo_cm_median']:.1f} cm (median; "
+            f"{scenes['nearest_demo_cm_min']:.1f} to {scenes['nearest_demo_cm_max']:.1f} cm) from the closest "
+            f"demonstrated scene.")
 
 
 def _rows_success(torch_eval: dict, deploy: dict) -> list[list[str]]:
@@ -188,6 +259,7 @@ def _markdown(summary, torch_eval, deploy, bench, curve, gifs, configs) -> str:
         f"Environment settings: `{json.dumps(summary['env_kwargs'])}`. Total wall time {summary['total_wall_s']:.0f} s.",
         "## Success in simulation (held-out seeds)",
         _md_table(["policy", "successes", "rate", "95% CI (Wilson)"], _rows_success(torch_eval, deploy)),
+        _scenes_text(summary.get("scenes")),
         "## Per instruction target",
         _md_table(["target", "PyTorch", "ONNX"], _rows_targets(torch_eval, deploy)),
         "## Training",
@@ -237,6 +309,7 @@ def _html(summary, torch_eval, deploy, bench, curve, gifs, configs) -> str:
         f"total wall time {summary['total_wall_s']:.0f} s.</p>",
         "<h2>Success in simulation (held-out seeds)</h2>",
         _html_table(["policy", "successes", "rate", "95% CI (Wilson)"], _rows_success(torch_eval, deploy)),
+        f"<p>{html.escape(_scenes_text(summary.get('scenes')))}</p>",
         "<h2>Per instruction target</h2>",
         _html_table(["target", "PyTorch", "ONNX"], _rows_targets(torch_eval, deploy)),
         "<h2>Training</h2>",
