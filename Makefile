@@ -6,6 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.install-stamp
 # torch and torchvision first, as a matching pair (timm needs torchvision).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+OPENPI_CLIENT ?= openpi-client==0.1.2
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
@@ -16,11 +17,13 @@ export PYTHONUNBUFFERED := 1
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[all,dev]"
+	# openpi's own client, for the protocol tests: it pins numpy<2 and leaves typing_extensions undeclared.
+	$(PY) -m pip install -q --no-deps $(OPENPI_CLIENT) typing_extensions
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -26,13 +26,14 @@ import torch
 import torch.distributed as dist
 from accelerate.utils import FullyShardedDataParallelPlugin
 from accelerate.utils.fsdp_utils import fsdp2_prepare_model
-from safetensors.torch import load_model
 from torch.distributed.fsdp import FSDPModule
 
 from helpers import make_model, observation
+from vla.model.checkpoint import head_is_tied, load_weights
 from vla.training.checkpoints import gather_full_state, restore_optimizer, save_checkpoint
 
 BATCH = 8
+TIED = {"tie_embeddings": True}
 
 
 def shard(model: torch.nn.Module) -> torch.nn.Module:
@@ -79,9 +80,10 @@ def make_optimizer(model: torch.nn.Module) -> torch.optim.AdamW:
     return torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
 
 
-def max_difference(a: dict, b: dict) -> float:
+def max_difference(a: dict, b: dict) -> tuple[float, str]:
+    """(largest absolute difference, the tensor it is in)."""
     assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    return max(((a[k].float() - b[k].float()).abs().max().item(), k) for k in a)
 
 
 def main(out: Path) -> None:
@@ -89,8 +91,10 @@ def main(out: Path) -> None:
     rank = dist.get_rank()
     workdir = out / f"rank{rank}"
     workdir.mkdir(parents=True, exist_ok=True)
-    # FiLM's input norm uses batch statistics, which a split batch changes.
-    reference = make_model(workdir, seed=0, film=False).train()
+    # FiLM on: its input norm all-reduces the batch statistics, so a split batch normalizes as the whole
+    # one does. A tied head (Llama 3.2's) in the root unit.
+    reference = make_model(workdir, seed=0, film=True, backbone=TIED).train()
+    assert head_is_tied(reference)
     sharded = shard(copy.deepcopy(reference))
     assert isinstance(sharded, FSDPModule) and any(isinstance(m, FSDPModule) for m in sharded.llama.modules()
                                                    if m is not sharded)
@@ -108,8 +112,9 @@ def main(out: Path) -> None:
 
     # Resume: a fresh model from the checkpoint's weights, sharded, its optimizer restored.
     stored = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
-    restored_model = make_model(workdir, seed=1, film=False).train()
-    load_model(restored_model, checkpoint / "model.safetensors")
+    restored_model = make_model(workdir, seed=1, film=True, backbone=TIED).train()
+    load_weights(restored_model, checkpoint / "model.safetensors")
+    assert head_is_tied(restored_model)
     restored = shard(restored_model)
     restored_opt = make_optimizer(restored)
     restore_optimizer(restored, restored_opt, stored["optimizer"])

@@ -243,3 +243,22 @@ def test_decoder_handles_wrong_types(message):
         decode_request(msgpack.packb(message), METADATA)
     except ProtocolError:
         pass
+
+
+def test_openpis_own_client_is_served():
+    """openpi's WebsocketClientPolicy (the openpi-client package from PyPI), not our client."""
+    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+    running = RunningServer(api_key="secret")
+    try:
+        client = WebsocketClientPolicy(running.url, api_key="secret")
+        metadata = client.get_server_metadata()
+        assert metadata["chunk_size"] == 2 and metadata["image_keys"] == ["image"]
+        reply = client.infer(good_observation(4))
+        assert reply["actions"].shape == (2, 4) and reply["actions"].dtype == np.float32
+        np.testing.assert_allclose(reply["actions"][0], [4 / 255, 4, 5, 6], rtol=1e-6)
+        with pytest.raises(RuntimeError, match="missing key 'state'"):  # errors come back as text frames
+            client.infer({"image": np.zeros((16, 16, 3), np.uint8), "prompt": "reach"})
+        assert client.infer(good_observation(1))["actions"].shape == (2, 4)  # and the connection still serves
+    finally:
+        running.close()

@@ -130,9 +130,10 @@ def _assert_same_weights(a_dir, b_dir):
 
 
 def test_two_processes_match_one_and_resume_its_checkpoint(tmp_path, demos):
-    # FiLM's input norm uses batch statistics, which a split batch changes; this test is about DDP.
+    # FiLM on (its input norm all-reduces the batch statistics), and a tied head, as Llama 3.2 has.
     config = recipe(tmp_path, demos, steps=6, checkpoint_every=3, keep_checkpoints=3,
-                    model={**TINY_OVERRIDES, "film": False})
+                    model={**TINY_OVERRIDES, "film": True, "backbone": {**TINY_OVERRIDES["backbone"],
+                                                                         "tie_embeddings": True}})
     assert _train_cli(config, tmp_path / "one", processes=1)["processes"] == 1
     assert _train_cli(config, tmp_path / "two", processes=2)["processes"] == 2
     _assert_same_weights(tmp_path / "one", tmp_path / "two")
@@ -178,9 +179,11 @@ def test_fsdp2_sharded_training_checkpoints_and_resumes(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
     np.testing.assert_allclose(result["sharded_losses"], result["reference_losses"], rtol=1e-5)
-    assert result["sharded_vs_reference"] < 1e-5
+    # Adam turns float noise in near-zero gradients (the zero-initialised FiLM layers') into visible weight
+    # differences: 6e-5 after 5 steps at lr 1e-3, where the losses agree to 1e-5.
+    assert result["sharded_vs_reference"][0] < 2e-4, result["sharded_vs_reference"]
     np.testing.assert_allclose(result["resumed_losses"], result["sharded_losses"][3:], rtol=1e-6)
-    assert result["resumed_vs_sharded"] < 1e-6
+    assert result["resumed_vs_sharded"][0] < 1e-6, result["resumed_vs_sharded"]
     assert result["gathered_keys_match_plain_model"]
     # The checkpoint written from the sharded model is a plain policy directory.
     policy = VLA.from_pretrained(tmp_path / "run" / "checkpoints" / "step_000003")

@@ -91,7 +91,10 @@ def cmd_train(args) -> int:
     evaluate_fn = None
     if config.eval.every:
         evaluate_fn = _training_evaluator(config, Path(args.out))
-    summary = train(config, args.out, evaluate_fn=evaluate_fn)
+    summary = train(config, args.out, evaluate_fn=evaluate_fn, stop_at_step=args.stop_at_step)
+    if "stopped_at" in summary:
+        print(f"stopped after step {summary['stopped_at']} (checkpointed); the same command resumes the run")
+        return 0
     print(f"trained {summary['steps']} steps in {summary['train_wall_s']:.0f} s "
           f"({summary['mean_samples_per_s']:.0f} samples/s): loss {summary.get('loss', float('nan')):.3f}, "
           f"token accuracy {summary.get('accuracy', float('nan')):.3f}; policy in {Path(args.out) / 'policy'}")
@@ -224,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="recipe name (configs/train/NAME.yaml) or YAML path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--out", required=True)
+    p.add_argument("--stop-at-step", type=int, default=None,
+                   help="checkpoint and stop after this step (a run spread over sessions); run again to resume")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="roll a checkpoint or exported policy out in simulation")

@@ -19,11 +19,12 @@ def deploy(env_id: str, rate_hz: float, episodes: int, seed: int = 200_000, poli
            server: str | None = None, api_key: str | None = None, realtime: bool = True, execute: int | None = None,
            chunk_mode: str = "receding", device: str = "auto", max_delta: float | list[float] | None = None,
            out: str | Path | None = None, policy=None, lead_ticks: int | None = None, env_kwargs: dict | None = None,
-           instruction=None) -> dict:
+           rephrase=None) -> dict:
     """Run `episodes` episodes through ControlLoop; returns success, latency and loop statistics.
 
     `lead_ticks` overrides the loop's pipelining (0: ask for the next chunk only when the current one is
-    used up); `instruction(text) -> text` rewrites each episode's instruction (held-out phrasings)."""
+    used up); `rephrase(instruction, target, episode) -> instruction` replaces each episode's instruction
+    (phrasings the demonstrations never used), as in `vla.evaluation.evaluate`."""
     import sims
 
     env_id = sims.check_env_id(env_id)
@@ -48,7 +49,7 @@ def deploy(env_id: str, rate_hz: float, episodes: int, seed: int = 200_000, poli
                      execute=execute, realtime=realtime, lead_ticks=lead_ticks) as loop:
         for i in range(episodes):
             robot.reset(seed + i)
-            loop.prompt = instruction(robot.instruction) if instruction else None
+            loop.prompt = rephrase(robot.instruction, robot.info.get("target", ""), i) if rephrase else None
             report = loop.run(until=lambda: robot.done)
             loop_rows.append(report)
             results.append({"episode": i, "seed": seed + i, "success": robot.success, "steps": robot.steps,

@@ -12,6 +12,7 @@ import math
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -55,8 +56,12 @@ def evaluate(
     out_dir: str | Path | None = None,
     videos: int = 2,
     progress: bool = True,
+    rephrase: Callable[[str, str, int], str] | None = None,
 ) -> dict:
-    """Run `episodes` episodes with seeds seed, seed+1, ...; returns (and writes) the eval summary."""
+    """Run `episodes` episodes with seeds seed, seed+1, ...; returns (and writes) the eval summary.
+
+    `rephrase(instruction, target, episode) -> instruction` replaces the env's instruction (phrasings
+    the demonstrations never used); the summary records what the policy was told."""
     import sims
 
     env_id = sims.check_env_id(env_id)
@@ -73,8 +78,12 @@ def evaluate(
     seeds = [seed + i for i in range(episodes)]
     slot_episode = list(range(n_envs))  # which episode each env runs; -1 when idle
     obs, info = envs.reset(seed=seeds[:n_envs])
-    instructions = list(info["instruction"])
     targets = list(info["target"])
+
+    def told(instruction: str, target: str, episode: int) -> str:
+        return rephrase(str(instruction), str(target), episode) if rephrase else str(instruction)
+
+    instructions = [told(info["instruction"][i], targets[i], i) for i in range(n_envs)]
     next_episode = n_envs
     steps = np.zeros(n_envs, int)
     frames: dict[int, list] = defaultdict(list)
@@ -136,8 +145,8 @@ def evaluate(
                 for key in obs:
                     obs[key][reset_mask] = new_obs[key][reset_mask]
                 for i in np.flatnonzero(reset_mask):
-                    instructions[i] = new_info["instruction"][i]
                     targets[i] = new_info["target"][i]
+                    instructions[i] = told(new_info["instruction"][i], targets[i], slot_episode[i])
     finally:
         bar.close()
         envs.close()

@@ -24,7 +24,7 @@ def llama_config(config: BackboneConfig, vocab_size: int) -> LlamaConfig:
         num_key_value_heads=config.kv_heads,
         max_position_embeddings=config.max_position_embeddings,
         rope_theta=config.rope_theta,
-        tie_word_embeddings=False,
+        tie_word_embeddings=config.tie_embeddings,
         attn_implementation=config.attn_implementation,
     )
 

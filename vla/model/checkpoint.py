@@ -44,6 +44,15 @@ def tied_names(model: torch.nn.Module) -> dict[str, str]:
     return tied
 
 
+def head_is_tied(model) -> bool:
+    """Whether the backbone's output head shares every tensor of its input embedding (Llama 3.2's tied
+    weights), also through peft's wrappers (LoRA ties the trainable action-token rows as well)."""
+    base = model._llama_base()
+    embed = list(base.get_input_embeddings().parameters())
+    head = list(base.get_output_embeddings().parameters())
+    return bool(head) and all(any(p is q for q in embed) for p in head)
+
+
 def save_checkpoint(model, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write config.json, model.safetensors, norm_stats.json and tokenizer.json, atomically.
 
@@ -78,6 +87,9 @@ def load_weights(model, file: Path, strict: bool = True) -> None:
     for name, source in tied.items():
         if parameters[name] is not parameters[source]:
             raise CheckpointError(f"{file}: {name} should be tied to {source} but is a separate tensor after loading")
+    if model._llama_base().config.tie_word_embeddings and not head_is_tied(model):
+        raise CheckpointError(f"{file}: the backbone ties its output head to its embedding, but after loading they "
+                              "are separate tensors")
 
 
 def load_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu"):

@@ -45,6 +45,7 @@ class BackboneConfig:
     rope_theta: float = 10000.0
     max_position_embeddings: int = 512
     attn_implementation: str = "sdpa"
+    tie_embeddings: bool = False  # share the input embedding with the output head (as Llama 3.2 does)
 
 
 @dataclass

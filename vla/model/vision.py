@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import timm
@@ -12,8 +13,18 @@ from vla.errors import CheckpointError
 from vla.model.config import VisionConfig
 
 
-def create_vit(config: VisionConfig) -> nn.Module:
-    """A timm VisionTransformer, randomly initialised or with weights from a file, local dir or hub id."""
+def create_vit(config: VisionConfig, architecture: dict | None = None) -> tuple[nn.Module, dict]:
+    """-> (a timm VisionTransformer, its architecture). `architecture` ({"name", "args"}, as returned
+    before and saved in a checkpoint's meta) rebuilds the same network without reading any weights;
+    otherwise the ViT is randomly initialised, or takes pretrained weights from
+
+    - `timm`: timm's own published weights for `name` (an architecture with its tag, e.g.
+      `vit_base_patch16_siglip_224.webli`), from the local Hugging Face cache or the hub;
+    - `local-dir:/path`: a directory in timm's hub layout (config.json and model.safetensors or
+      pytorch_model.bin, as `timm.models.push_to_hf_hub` / `save_for_hf` write it);
+    - `hf-hub:org/name`: such a repository on the hub (or in the local cache);
+    - a path to a weights file for the architecture `name`.
+    """
     overrides = {
         key: value
         for key, value in (
@@ -24,22 +35,77 @@ def create_vit(config: VisionConfig) -> nn.Module:
         )
         if value is not None
     }
-    kwargs = dict(num_classes=0, global_pool="", img_size=config.image_size, **overrides)
+    fixed = dict(num_classes=0, global_pool="", img_size=config.image_size)
     source = config.pretrained
-    if source is None:
-        model = timm.create_model(config.name, pretrained=False, **kwargs)
-    elif source.startswith(("hf-hub:", "local-dir:")):
-        model = timm.create_model(source, pretrained=True, **kwargs)
+    if architecture is not None:
+        model = timm.create_model(architecture["name"], pretrained=False, **fixed, **architecture["args"])
+    elif source is None:
+        model = timm.create_model(config.name, pretrained=False, **fixed, **overrides)
+        architecture = {"name": config.name, "args": overrides}
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise CheckpointError(f"vision weights {path}: no such file")
-        model = timm.create_model(config.name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+        model, architecture = _pretrained_vit(config.name, source, {**fixed, **overrides})
+        architecture["args"] = {**architecture["args"], **overrides}
     if not hasattr(model, "blocks") or not hasattr(model, "patch_embed"):
         raise CheckpointError(f"{config.name}: not a ViT (needs .patch_embed and .blocks)")
+    architecture.setdefault("mean", list(model.pretrained_cfg.get("mean", (0.5, 0.5, 0.5))))
+    architecture.setdefault("std", list(model.pretrained_cfg.get("std", (0.5, 0.5, 0.5))))
     if source is None and getattr(model, "pos_embed", None) is not None:
         sincos_position_embedding(model)
-    return model
+    return model, architecture
+
+
+def _pretrained_vit(name: str, source: str, kwargs: dict) -> tuple[nn.Module, dict]:
+    """-> (the ViT with its weights, {"name": architecture, "args": the model_args it was built with})."""
+    where = f"vision.pretrained={source!r}"
+    if source == "timm":
+        if name not in timm.list_pretrained(name):
+            tags = timm.list_pretrained(name.split(".")[0] + ".*")
+            raise CheckpointError(f"{where}: timm publishes no weights named {name!r}; set vision.name to one of "
+                                  f"{tags[:8] or 'timm.list_pretrained()'}")
+        model = _timm_load(name, where, kwargs, hint="the weights are neither in the local Hugging Face cache nor "
+                           "reachable on the hub; download them once, or point vision.pretrained at local-dir:/path")
+        return model, {"name": name, "args": {}}
+    if source.startswith("local-dir:"):
+        path = Path(source.removeprefix("local-dir:"))
+        if not path.is_dir():
+            raise CheckpointError(f"{where}: no such directory")
+        if not (path / "config.json").exists():
+            raise CheckpointError(f"{where}: no config.json; timm's local-dir layout is config.json (architecture, "
+                                  "pretrained_cfg, model_args) beside model.safetensors")
+        if not any((path / f).exists() for f in ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors")):
+            raise CheckpointError(f"{where}: no model.safetensors or pytorch_model.bin")
+        hub_config = json.loads((path / "config.json").read_text())
+        model = _timm_load(source, where, kwargs)
+        return model, {"name": hub_config.get("architecture", name), "args": _model_args(hub_config)}
+    if source.startswith("hf-hub:"):
+        model = _timm_load(source, where, kwargs, hint="timm reads a repository with config.json and model.safetensors "
+                           "(timm's own, such as hf-hub:timm/vit_base_patch16_siglip_224.webli; OpenCLIP repositories "
+                           "such as timm/ViT-B-16-SigLIP have no config.json for it)")
+        from timm.models._hub import load_model_config_from_hf
+
+        _, arch, model_args = load_model_config_from_hf(source.removeprefix("hf-hub:"))
+        return model, {"name": arch, "args": _model_args({"model_args": model_args or {}})}
+    path = Path(source)
+    if not path.is_file():
+        raise CheckpointError(f"{where}: no such file (vision.pretrained takes timm, local-dir:/path, hf-hub:org/name "
+                              "or a weights file)")
+    return _timm_load(name, where, {**kwargs, "pretrained_cfg_overlay": {"file": str(path)}}), {"name": name, "args": {}}
+
+
+def _model_args(hub_config: dict) -> dict:
+    """The architecture arguments of a timm hub config.json, less the ones the encoder sets itself."""
+    args = dict(hub_config.get("model_args") or {})
+    for key in ("num_classes", "global_pool", "img_size", "pretrained_cfg"):
+        args.pop(key, None)
+    return args
+
+
+def _timm_load(name: str, where: str, kwargs: dict, hint: str = "") -> nn.Module:
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except (OSError, RuntimeError, ValueError, KeyError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{where}: cannot load ({message}){'; ' + hint if hint else ''}") from None
 
 
 def sincos_position_embedding(vit: nn.Module) -> None:
@@ -72,9 +138,9 @@ class VisionEncoder(nn.Module):
     forward(images uint8 [B, H, W, 3], film [B, F] | None) -> [B, N, len(feature_layers) * width]
     """
 
-    def __init__(self, config: VisionConfig, film_dim: int = 0):
+    def __init__(self, config: VisionConfig, film_dim: int = 0, architecture: dict | None = None):
         super().__init__()
-        self.vit = create_vit(config)
+        self.vit, self.architecture = create_vit(config, architecture)
         depth = len(self.vit.blocks)
         self.layers = sorted({i % depth for i in config.feature_layers})
         if any(not -depth <= i < depth for i in config.feature_layers):
@@ -87,9 +153,8 @@ class VisionEncoder(nn.Module):
         self.out_dim = self.width * len(self.layers)
         self.num_patches = self.vit.patch_embed.num_patches
         self.num_prefix = self.vit.num_prefix_tokens
-        pretrained_cfg = self.vit.pretrained_cfg
-        mean = config.mean or list(pretrained_cfg.get("mean", (0.5, 0.5, 0.5)))
-        std = config.std or list(pretrained_cfg.get("std", (0.5, 0.5, 0.5)))
+        mean = config.mean or self.architecture["mean"]
+        std = config.std or self.architecture["std"]
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.film = None
@@ -135,11 +200,14 @@ class VisionTower(nn.Module):
     forward(images uint8 [B, H, W, 3], film [B, F] | None) -> [B, N, hidden]
     """
 
-    def __init__(self, primary: VisionConfig, secondary: VisionConfig | None, projector: str, hidden: int, film_dim: int):
+    def __init__(self, primary: VisionConfig, secondary: VisionConfig | None, projector: str, hidden: int, film_dim: int,
+                 architectures: list[dict] | None = None):
+        """`architectures`: each encoder's, from a checkpoint's meta (`self.architectures` of the tower saved)."""
         super().__init__()
-        self.encoders = nn.ModuleList([VisionEncoder(primary, film_dim)])
+        architectures = list(architectures or [None, None])
+        self.encoders = nn.ModuleList([VisionEncoder(primary, film_dim, architectures[0])])
         if secondary is not None:
-            second = VisionEncoder(secondary, film_dim)
+            second = VisionEncoder(secondary, film_dim, architectures[1] if len(architectures) > 1 else None)
             if second.num_patches != self.encoders[0].num_patches:
                 raise ValueError(
                     f"the two vision encoders give {self.encoders[0].num_patches} and {second.num_patches} "
@@ -147,6 +215,7 @@ class VisionTower(nn.Module):
                 )
             self.encoders.append(second)
         self.num_tokens = self.encoders[0].num_patches
+        self.architectures = [encoder.architecture for encoder in self.encoders]
         self.projector = build_projector(projector, sum(e.out_dim for e in self.encoders), hidden)
 
     def forward(self, images: torch.Tensor, film: torch.Tensor | None = None) -> torch.Tensor:

@@ -216,7 +216,8 @@ class VLA(nn.Module):
                 f"norm_stats has {self.action_tokenizer.dim} action dimensions, the model config {config.action_dim}"
             )
         self.vision = VisionTower(config.vision, config.second_vision, config.projector, hidden,
-                                  film_dim=hidden if config.film else 0)
+                                  film_dim=hidden if config.film else 0, architectures=self.meta.get("vision"))
+        self.meta["vision"] = self.vision.architectures  # rebuilds the same ViTs when a checkpoint loads
         self.film_norm = FilmInputNorm(hidden) if config.film else None
         # One ViT reads every camera (OpenVLA-OFT's choice); a learned embedding per camera tells the
         # backbone which view a token comes from.
