@@ -127,3 +127,56 @@ def test_pretrained_lora_on_two_processes_matches_one(fixtures, tmp_path):
     from vla.model.vla import VLA
 
     assert_tied(VLA.from_pretrained(two / "policy"))
+
+
+def test_qlora_train_resume_export_with_agreement(fixtures, tmp_path):
+    """The backbone in 4-bit NF4 (bitsandbytes on the CPU), LoRA adapters on top."""
+    from safetensors import safe_open
+
+    from vla.model.vla import VLA
+
+    qlora = ("model.backbone.quantization=nf4",)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert vla(recipe(fixtures, *qlora) + ["--out", str(straight)]) == 0
+    assert vla(recipe(fixtures, *qlora) + ["--out", str(resumed), "--stop-at-step", "2"]) == 0
+    assert vla(recipe(fixtures, *qlora) + ["--out", str(resumed)]) == 0
+    np.testing.assert_allclose(losses(resumed), losses(straight), rtol=1e-5)
+
+    saved = json.loads((straight / "policy" / "config.json").read_text())
+    assert saved["model"]["backbone"]["quantization"] == "nf4"
+    base = saved["meta"]["base"]
+    assert Path(base["path"]) == fixtures[1].resolve() and len(base["sha256"]) == 64
+    with safe_open(str(straight / "policy" / "model.safetensors"), "pt") as weights:
+        keys = list(weights.keys())
+    assert any("lora_A" in k for k in keys)  # the adapters are stored, the 4-bit base weights are not
+    assert not any(k.endswith("q_proj.base_layer.weight") or "quant_state" in k or k.endswith(".absmax") for k in keys)
+    model = VLA.from_pretrained(straight / "policy")
+    assert type(model._llama_base().model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"
+    assert_tied(model)
+
+    export_dir = tmp_path / "export"
+    assert vla(["export", str(straight / "policy"), "--out", str(export_dir)]) == 0
+    parity = json.loads((export_dir / "policy.json").read_text())["parity"]
+    assert parity["mismatched_tokens"] == 0
+    assert parity["quantized_agreement"] >= 0.99, parity  # the NF4 model as trained vs the merged float graph
+
+
+def test_a_quantized_checkpoint_refuses_a_changed_base(fixtures, tmp_path):
+    import shutil
+
+    from vla.errors import CheckpointError
+    from vla.model.vla import VLA
+
+    root, llama, siglip = fixtures
+    base = tmp_path / "base"
+    shutil.copytree(llama, base)
+    run = tmp_path / "run"
+    settings = recipe((root, base, siglip), "model.backbone.quantization=nf4", "steps=1")
+    assert vla(settings + ["--out", str(run)]) == 0
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(base / "model.safetensors"))
+    weights["model.norm.weight"] = weights["model.norm.weight"] + 1.0
+    save_file(weights, str(base / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="changed since training"):
+        VLA.from_pretrained(run / "policy")

@@ -214,7 +214,9 @@ def export(checkpoint: str | Path, out: str | Path, fp16: bool = False, parity_i
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"{out} exists and is not empty; pass --overwrite")
-    model = VLA.from_pretrained(checkpoint).merge_lora().eval()
+    trained = VLA.from_pretrained(checkpoint).eval()
+    quantized = trained if trained.config.backbone.quantization != "none" else None
+    model = (VLA.from_pretrained(checkpoint) if quantized is not None else trained).merge_lora().eval()
     reference = model
     if fp16:
         model = VLA.from_pretrained(checkpoint).merge_lora().eval().half()
@@ -228,7 +230,7 @@ def export(checkpoint: str | Path, out: str | Path, fp16: bool = False, parity_i
         spec.source = str(checkpoint)
         spec.reference = write_reference(reference, tmp / REFERENCE_FILE)
         spec.save(tmp)
-        spec.parity = check_parity(reference, tmp, parity_inputs, fp16) if parity_inputs > 0 else None
+        spec.parity = check_parity(reference, tmp, parity_inputs, fp16, quantized) if parity_inputs > 0 else None
         spec.save(tmp)
     return spec.to_dict()
 
@@ -249,13 +251,16 @@ FP16_RELATIVE_TOLERANCE = 0.02  # of the largest logit magnitude
 FP16_TOKEN_MISMATCH = 0.01  # fraction of action tokens allowed to differ in fp16
 
 
-def check_parity(model: VLA, exported: Path, num_inputs: int, fp16: bool) -> dict:
-    """Action tokens and logits of onnxruntime (CPU) against PyTorch on random inputs, in batches of 1 and 4."""
+def check_parity(model: VLA, exported: Path, num_inputs: int, fp16: bool, quantized: VLA | None = None) -> dict:
+    """Action tokens and logits of onnxruntime (CPU) against PyTorch on random inputs, in batches of 1 and 4.
+
+    With `quantized` (the QLoRA model as trained: a 4-bit base under its adapters) the report also
+    gives the share of action tokens on which it agrees with the exported graph."""
     from policies.onnx_policy import OnnxPolicy
 
     runtime = OnnxPolicy(exported, device="cpu", verbose=False, check_reference=False)
     max_logit_diff = max_abs_logit = 0.0
-    mismatched = total = 0
+    mismatched = total = agreeing = 0
     seen = 0
     seed = 1000
     while seen < num_inputs:
@@ -271,6 +276,9 @@ def check_parity(model: VLA, exported: Path, num_inputs: int, fp16: bool) -> dic
         ort_ids, ort_logits = runtime.run_tokens({name: value.numpy() for name, value in batch.feeds().items()})
         mismatched += int((ort_ids != torch_ids).sum())
         total += torch_ids.size
+        if quantized is not None:
+            with torch.no_grad():
+                agreeing += int((quantized.predict_action_ids(batch).numpy() == ort_ids).sum())
         max_logit_diff = max(max_logit_diff, float(np.abs(ort_logits - torch_logits).max()))
         max_abs_logit = max(max_abs_logit, float(np.abs(torch_logits).max()))
         seen += size
@@ -280,6 +288,8 @@ def check_parity(model: VLA, exported: Path, num_inputs: int, fp16: bool) -> dic
     tolerance = FP16_RELATIVE_TOLERANCE * max(max_abs_logit, 1.0) if fp16 else 1e-4
     report = {"inputs": seen, "tokens": total, "mismatched_tokens": mismatched, "max_logit_diff": max_logit_diff,
               "logit_tolerance": tolerance, "runtime": "onnxruntime CPUExecutionProvider"}
+    if quantized is not None:
+        report["quantized_agreement"] = agreeing / total  # the 4-bit model with adapters vs the merged graph
     token_ok = mismatched == 0 if not fp16 else mismatched <= FP16_TOKEN_MISMATCH * total
     if not token_ok or max_logit_diff > tolerance:
         raise ExportError(

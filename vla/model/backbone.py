@@ -29,15 +29,27 @@ def llama_config(config: BackboneConfig, vocab_size: int) -> LlamaConfig:
     )
 
 
-def load_pretrained_llama(source: str, attn_implementation: str) -> LlamaForCausalLM:
-    """A hub id or a local directory holding config.json and weights."""
+def load_pretrained_llama(source: str, attn_implementation: str, quantization: str = "none") -> LlamaForCausalLM:
+    """A hub id or a local directory holding config.json and weights; with quantization "nf4", in 4-bit
+    (bitsandbytes) and prepared for training adapters on it."""
     path = Path(source)
     if source.startswith((".", "/")) and not (path / "config.json").exists():
         raise CheckpointError(f"backbone {source}: no config.json in that directory")
+    kwargs = {}
+    if quantization == "nf4":
+        from vla.model.quantization import bnb_config, quantized_device_map
+
+        kwargs = {"quantization_config": bnb_config(), "device_map": quantized_device_map()}
     try:
-        return LlamaForCausalLM.from_pretrained(source, attn_implementation=attn_implementation, dtype=torch.float32)
+        llama = LlamaForCausalLM.from_pretrained(source, attn_implementation=attn_implementation, dtype=torch.float32,
+                                                 **kwargs)
     except OSError as err:
         raise CheckpointError(f"backbone {source}: cannot load ({str(err).splitlines()[0]})") from None
+    if quantization == "nf4":
+        from peft import prepare_model_for_kbit_training
+
+        llama = prepare_model_for_kbit_training(llama, use_gradient_checkpointing=False)
+    return llama
 
 
 class GatedCrossAttention(nn.Module):

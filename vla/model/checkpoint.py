@@ -23,7 +23,9 @@ from policies.spec import PolicySpec
 from vla.atomic import atomic_directory
 from vla.config import from_dict, to_dict
 from vla.errors import CheckpointError
+from vla.model.backbone import load_pretrained_llama
 from vla.model.config import ModelConfig
+from vla.model.quantization import check_base, quantized_weight_keys
 from vla.model.text import TOKENIZER_FILE
 
 CONFIG_FILE = "config.json"
@@ -59,8 +61,10 @@ def save_checkpoint(model, path: str | Path, state_dict: dict[str, torch.Tensor]
     A tied tensor is written once, under its first name; loading ties it again."""
     path = Path(path)
     weights = model.state_dict() if state_dict is None else state_dict
+    # Tied tensors are stored once; a 4-bit base (QLoRA) is not stored at all: meta.base names it.
+    skip = set(tied_names(model)) | quantized_weight_keys(model)
     tied = tied_names(model)
-    weights = {k: v.detach().contiguous() for k, v in weights.items() if k not in tied}
+    weights = {k: v.detach().contiguous() for k, v in weights.items() if k not in skip}
     meta = {**model.meta, "tied_weights": tied}
     with atomic_directory(path) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps({"model": to_dict(model.config), "meta": meta}, indent=2))
@@ -79,7 +83,8 @@ def load_weights(model, file: Path, strict: bool = True) -> None:
         raise CheckpointError(f"{file}: cannot load ({str(err).splitlines()[0]})") from None
     tied = tied_names(model)
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [k for k in missing if k not in tied]
+    expected = set(tied) | quantized_weight_keys(model)  # a 4-bit base was loaded from meta.base already
+    missing = [k for k in missing if k not in expected]
     if strict and (missing or unexpected):
         raise CheckpointError(f"{file} does not match {CONFIG_FILE}: "
                               f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
@@ -104,13 +109,19 @@ def load_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu"):
     if "model" not in saved:
         raise CheckpointError(f"{path / CONFIG_FILE}: no 'model' section; not a VLA checkpoint")
     config = from_dict(ModelConfig, saved["model"], "model.")
-    # Weights come from model.safetensors: build every part without reading any pretrained file.
+    meta = saved.get("meta", {})
+    # Weights come from model.safetensors: build every part without reading any pretrained file, except
+    # a 4-bit base (QLoRA), which the checkpoint names instead of storing.
+    llama = None
+    if config.backbone.quantization != "none":
+        base = check_base(meta.get("base", {}))
+        llama = load_pretrained_llama(base, config.backbone.attn_implementation, config.backbone.quantization)
     sources = (config.vision.pretrained, config.backbone.pretrained)
     config.vision.pretrained = config.backbone.pretrained = None
     if config.second_vision is not None:
         config.second_vision.pretrained = None
     norm_stats = json.loads((path / NORM_STATS_FILE).read_text())
-    model = cls(config, path / TOKENIZER_FILE, norm_stats, meta=saved.get("meta", {}))
+    model = cls(config, path / TOKENIZER_FILE, norm_stats, llama=llama, meta=meta)
     model.config.vision.pretrained, model.config.backbone.pretrained = sources
     load_weights(model, path / WEIGHTS_FILE)
     return model.to(device).eval()

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from vla.config import find_config, from_dict, load_yaml, merge
 from vla.errors import ConfigError
+from vla.model.quantization import QUANTIZATIONS
 
 PROJECTORS = ("linear", "mlp")
 FUSIONS = ("prefix", "cross_attention")
@@ -46,6 +47,9 @@ class BackboneConfig:
     max_position_embeddings: int = 512
     attn_implementation: str = "sdpa"
     tie_embeddings: bool = False  # share the input embedding with the output head (as Llama 3.2 does)
+    # "nf4": load the pretrained backbone in 4-bit NF4 and train LoRA adapters on it (QLoRA); needs
+    # `pretrained` and lora.rank > 0. See vla/model/quantization.py.
+    quantization: str = "none"
 
 
 @dataclass
@@ -94,6 +98,12 @@ class ModelConfig:
             raise ValueError(f"image_keys must name distinct cameras, got {self.image_keys}")
         if self.chunk_size < 1 or (self.action_dim is not None and self.action_dim < 1) or self.n_bins < 2:
             raise ValueError("chunk_size and action_dim must be >= 1 and n_bins >= 2")
+        if self.backbone.quantization not in QUANTIZATIONS:
+            raise ValueError(f"backbone.quantization must be one of {', '.join(QUANTIZATIONS)}, "
+                             f"got {self.backbone.quantization!r}")
+        if self.backbone.quantization != "none" and (not self.backbone.pretrained or self.lora.rank <= 0):
+            raise ValueError("backbone.quantization (QLoRA) needs backbone.pretrained and lora.rank > 0: the 4-bit "
+                             "base stays frozen and only adapters train")
         if self.state_dim is not None and self.state_dim < 0:
             raise ValueError(f"state_dim must be >= 0, got {self.state_dim}")
 

@@ -203,10 +203,13 @@ class VLA(nn.Module):
             else:
                 llama_cfg = llama_config(config.backbone, text_tokenizer.get_vocab_size() + config.n_bins)
             llama = LlamaForCausalLM(llama_cfg)
-        elif "llama" not in self.meta:
-            # A pretrained backbone: append the action tokens after its text vocabulary.
-            llama.resize_token_embeddings(llama.config.vocab_size + config.n_bins)
-        self.meta["llama"] = llama.config.to_dict()
+        else:
+            # A pretrained backbone: the action tokens go after its text vocabulary (see the README's
+            # departures: Llama 3 has too few reserved tokens to hold 256 bins).
+            vocab = self.meta["llama"]["vocab_size"] if "llama" in self.meta else llama.config.vocab_size + config.n_bins
+            if llama.config.vocab_size != vocab:
+                llama.resize_token_embeddings(vocab, mean_resizing=False)
+        self.meta["llama"] = {k: v for k, v in llama.config.to_dict().items() if k != "quantization_config"}
         self.vocab_size = llama.config.vocab_size
         hidden = llama.config.hidden_size
 
@@ -250,8 +253,14 @@ class VLA(nn.Module):
     def create(cls, config: ModelConfig, text_tokenizer_file: str | Path, norm_stats: dict, meta: dict | None = None) -> VLA:
         """A new model for training: random init, or pretrained weights where the config names them."""
         llama = None
-        if config.backbone.pretrained:
-            llama = load_pretrained_llama(config.backbone.pretrained, config.backbone.attn_implementation)
+        meta = dict(meta or {})
+        backbone = config.backbone
+        if backbone.pretrained:
+            llama = load_pretrained_llama(backbone.pretrained, backbone.attn_implementation, backbone.quantization)
+        if backbone.quantization != "none":
+            from vla.model.quantization import base_fingerprint
+
+            meta["base"] = base_fingerprint(backbone.pretrained)
         return cls(config, text_tokenizer_file, norm_stats, llama=llama, meta=meta)
 
     @classmethod
@@ -269,8 +278,15 @@ class VLA(nn.Module):
         return save_checkpoint(self, path, state_dict)
 
     def merge_lora(self) -> VLA:
-        """Fold LoRA adapters into the base weights (for export); the model then saves without peft."""
-        if self.config.lora.rank > 0:
+        """Fold LoRA adapters into the base weights (for export); the model then saves without peft. A 4-bit
+        base (QLoRA) is dequantized first: the float weights are the NF4 ones the adapters trained on."""
+        if self.config.backbone.quantization != "none":
+            from vla.model.quantization import dequantize_and_merge
+
+            self.llama = dequantize_and_merge(self.llama)
+            self.config.backbone.quantization = "none"
+            self.config.lora.rank = 0
+        elif self.config.lora.rank > 0:
             self.llama = self.llama.merge_and_unload()
             self.config.lora.rank = 0
         return self

@@ -212,6 +212,9 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
+    if config.model.backbone.quantization != "none" and accelerator.num_processes > 1:
+        raise ConfigError("QLoRA (model.backbone.quantization) trains on one process: a 4-bit base cannot be "
+                          "sharded or replicated by this loop; run it without torchrun/accelerate launch")
     prep = prepare(config, out_dir)
     model, dataset = prep.model, prep.dataset
     world, rank = accelerator.num_processes, accelerator.process_index
