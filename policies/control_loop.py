@@ -5,7 +5,9 @@ Every tick (1 / rate_hz seconds) the loop reads an observation, takes the action
 chunk holds for this tick, filters it and sends it. Inference runs in a worker thread and starts
 `lead` ticks before the current chunk runs out (`lead` is measured from the policy's latency unless
 given), so a policy that needs longer than a tick does not leave the robot idle at chunk
-boundaries; a chunk that arrives late has the actions of the ticks already passed dropped.
+boundaries; a chunk that arrives late has the actions of the ticks already passed dropped. A policy
+whose metadata declares `prefix_actions` is sent the actions the current chunk still runs during the
+inference (`action_prefix`), and predicts the rest of its chunk consistent with them (real-time chunking).
 
 When no action covers a tick (a late policy, a stale observation) the robot holds: `robot.hold()`
 where the robot offers it, else the policy's hold vector (0 for delta dimensions, the last command
@@ -240,6 +242,9 @@ class ControlLoop:
                 request = dict(observation)
                 if self.prompt is not None:
                     request["prompt"] = self.prompt
+                committed = self._committed(tick, lead)
+                if committed is not None:
+                    request["action_prefix"] = committed
                 requested_at, pending_tick = self.clock(), tick
                 pending = _run_in_thread(self.policy.act, request)
             if pending is not None and (not self.realtime or self.executor.used_up(tick)):
@@ -318,6 +323,20 @@ class ControlLoop:
             return 0
         latency = max(self._latencies)
         return 0 if latency <= self.period / 2 else math.ceil(latency / self.period)
+
+    def _committed(self, tick: int, lead: int) -> np.ndarray | None:
+        """The actions the current chunk still runs while the next one is inferred, [d, D] (ticks tick ..
+        tick+d-1), for a policy that predicts its chunk consistent with them (metadata `prefix_actions`)."""
+        capacity = int(self.policy.metadata.get("prefix_actions") or 0)
+        if not (self.realtime and lead and capacity and self.executor.mode == "receding"):
+            return None
+        actions = []
+        for i in range(min(lead, capacity)):
+            action = self.executor.action(tick + i)
+            if action is None:
+                break
+            actions.append(action)
+        return np.stack(actions) if actions else None
 
     def _stale(self, observation: dict, now: float) -> bool:
         stamp = observation.get("timestamp")

@@ -105,6 +105,8 @@ def tensorrt_options(spec: PolicySpec, path: Path, graph: str) -> dict:
         dims += [f"prompt_ids:{batch}x{prompt}", f"prompt_mask:{batch}x{prompt}"]
         if spec.state_dim:
             dims.append(f"state:{batch}x{spec.state_dim}")
+        if spec.prefix_actions:
+            dims.append(f"action_prefix:{batch}x{spec.chunk_size * spec.action_dim}")
         return ",".join(dims)
 
     return {
@@ -339,7 +341,8 @@ class _CudaGraphRunner:
         size, length = spec.image_size, spec.max_prompt_tokens
         shapes = {**{key: ((1, size, size, 3), np.uint8) for key in spec.image_keys},
                   "prompt_ids": ((1, length), np.int64), "prompt_mask": ((1, length), np.int64),
-                  "state": ((1, spec.state_dim), np.float32)}
+                  "state": ((1, spec.state_dim), np.float32),
+                  "action_prefix": ((1, spec.chunk_size * spec.action_dim), np.int64)}
         names = [i.name for i in self.session.get_inputs()]
         self.inputs = {name: ort.OrtValue.ortvalue_from_shape_and_type(shapes[name][0], shapes[name][1], "cuda", 0)
                        for name in names}

@@ -119,16 +119,20 @@ class PromptTokenizer:
 class ObservationEncoder:
     """Observations -> model inputs, the one path shared by training, the PyTorch policy and `OnnxPolicy`.
 
-    __call__(observations: list of {camera key: uint8 [H, W, 3], "prompt": str, "state": float [S]})
+    __call__(observations: list of {camera key: uint8 [H, W, 3], "prompt": str, "state": float [S],
+                                    optionally "action_prefix": float [d, D], d <= prefix_actions})
         -> {camera key: uint8 [B, s, s, 3] for each of `image_keys`, "prompt_ids": int64 [B, L],
-            "prompt_mask": int64 [B, L], "state": float32 [B, S] (when the policy takes a state)}
+            "prompt_mask": int64 [B, L], "state": float32 [B, S] (when the policy takes a state),
+            "action_prefix": int64 [B, K*D] (when the policy takes one: the committed actions'
+            tokens, -1 where none is given)}
 
     L is the longest prompt in the batch (columns that are padding in every row are dropped).
     """
 
-    RESERVED = ("prompt", "prompt_ids", "prompt_mask", "state", "timestamp")
+    RESERVED = ("prompt", "prompt_ids", "prompt_mask", "state", "timestamp", "action_prefix")
 
-    def __init__(self, image_keys: list[str], image_size: int, prompts: PromptTokenizer, state_stats: dict | None):
+    def __init__(self, image_keys: list[str], image_size: int, prompts: PromptTokenizer, state_stats: dict | None,
+                 actions=None, chunk_size: int = 1, prefix_actions: int = 0):
         clash = [k for k in image_keys if k in self.RESERVED]
         if clash:
             raise ValueError(f"camera keys {clash} clash with the observation's own keys {list(self.RESERVED)}")
@@ -136,13 +140,20 @@ class ObservationEncoder:
         self.image_size = image_size
         self.prompts = prompts
         self.state_stats = state_stats
+        self.actions = actions  # policies.actions.ActionTokenizer, to encode committed prefixes
+        self.chunk_size = chunk_size
+        self.prefix_actions = prefix_actions
         self._warned_resize: set[str] = set()
 
     @classmethod
     def for_spec(cls, spec, tokenizer_file: str | Path) -> ObservationEncoder:
         """The encoder of a policy described by a `PolicySpec`."""
+        from policies.actions import ActionTokenizer
+
         prompts = PromptTokenizer(tokenizer_file, spec.max_prompt_tokens, spec.pad_id)
-        return cls(spec.image_keys, spec.image_size, prompts, spec.norm_stats["state"] if spec.state_dim else None)
+        actions = ActionTokenizer(spec.norm_stats["action"], spec.vocab_size, spec.n_bins)
+        return cls(spec.image_keys, spec.image_size, prompts, spec.norm_stats["state"] if spec.state_dim else None,
+                   actions, spec.chunk_size, spec.prefix_actions)
 
     def check_keys(self, observation: dict) -> None:
         missing = [k for k in self.image_keys if k not in observation]
@@ -174,7 +185,26 @@ class ObservationEncoder:
         feeds["prompt_ids"], feeds["prompt_mask"] = trim_prompt_padding(ids, masks) if trim else (ids, masks)
         if self.state_stats is not None:
             feeds["state"] = np.stack([normalize_state(obs["state"], self.state_stats) for obs in observations])
+        if self.prefix_actions:
+            feeds["action_prefix"] = np.stack([self.prefix(obs.get("action_prefix")) for obs in observations])
+        elif any(obs.get("action_prefix") is not None for obs in observations):
+            raise ValueError("this policy takes no action_prefix (it was trained with model.prefix_actions 0)")
         return feeds
+
+    def prefix(self, committed) -> np.ndarray:
+        """Committed actions float [d, D] (or None) -> int64 [K*D]: their tokens, then -1."""
+        out = np.full(self.chunk_size * self.actions.dim, -1, np.int64)
+        if committed is None or len(committed) == 0:
+            return out
+        committed = np.asarray(committed, np.float32)
+        if committed.ndim != 2 or committed.shape[1] != self.actions.dim or len(committed) > self.prefix_actions:
+            raise ValueError(f"observation['action_prefix'] must be [d <= {self.prefix_actions}, {self.actions.dim}], "
+                             f"got {list(committed.shape)}")
+        if not np.all(np.isfinite(committed)):
+            raise ValueError("observation['action_prefix'] contains NaN or inf")
+        ids = self.actions.encode(committed).reshape(-1)
+        out[: len(ids)] = ids
+        return out
 
 
 def trim_prompt_padding(ids, mask):

@@ -85,6 +85,15 @@ def validate_observation(obs: dict, metadata: dict) -> dict:
     if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > 1000:
         raise ProtocolError(f"'prompt' must be a non-empty string of at most 1000 characters, got {_describe(prompt)}")
     out["prompt"] = prompt
+    if obs.get("action_prefix") is not None:
+        prefix, limit, dim = obs["action_prefix"], metadata.get("prefix_actions", 0), metadata.get("action_dim")
+        if not limit:
+            raise ProtocolError("'action_prefix' given, but this policy takes none (prefix_actions is 0)")
+        if (not isinstance(prefix, np.ndarray) or prefix.dtype.kind != "f" or prefix.ndim != 2
+                or prefix.shape[1] != dim or len(prefix) > limit or not np.all(np.isfinite(prefix))):
+            raise ProtocolError(f"'action_prefix' must be a finite float array [d <= {limit}, {dim}], "
+                                f"got {_describe(prefix)}")
+        out["action_prefix"] = prefix.astype(np.float32)
     return out
 
 

@@ -24,7 +24,6 @@ class SimRobot:
         self.success = False
         self.steps = 0
         self.stopped = False
-        self._stamp = self.clock()
 
     @property
     def instruction(self) -> str:
@@ -33,7 +32,9 @@ class SimRobot:
     def get_observation(self) -> dict:
         obs = {key: value for key, value in self._obs.items()}
         obs["prompt"] = self.instruction
-        obs["timestamp"] = self._stamp
+        # A simulated world does not move between steps: its last rendering shows the present, as a
+        # camera that keeps streaming would (a stamp from the last step would turn stale while holding).
+        obs["timestamp"] = self.clock()
         return obs
 
     def apply_action(self, action: np.ndarray) -> None:
@@ -44,7 +45,6 @@ class SimRobot:
         self.success = bool(info.get("is_success", False))
         self.done = bool(terminated or truncated)
         self.steps += 1
-        self._stamp = self.clock()
 
     def stop(self) -> None:
         """In simulation, stopping ends the episode where it is."""

@@ -42,6 +42,7 @@ class PolicySpec:
     action_high: list[float]
     action_names: list[str] = field(default_factory=list)
     action_hold: list[float | None] = field(default_factory=list)
+    prefix_actions: int = 0  # leading actions of a chunk a request may give as committed (action_prefix)
     control_hz: float = 10.0
     env_args: dict = field(default_factory=dict)
     fusion: str = "prefix"
@@ -123,6 +124,7 @@ class PolicySpec:
             "action_low": list(self.action_low),
             "action_high": list(self.action_high),
             "chunk_size": self.chunk_size,
+            "prefix_actions": self.prefix_actions,
             "control_hz": self.control_hz,
             "max_prompt_tokens": self.max_prompt_tokens,
             "env_args": self.env_args,

@@ -15,6 +15,7 @@ TINY_OVERRIDES = {
     "vision": {"image_size": 32, "patch_size": 16, "width": 32, "depth": 2, "heads": 2, "feature_layers": [0, -1]},
     "backbone": {"hidden_size": 32, "intermediate_size": 64, "layers": 2, "heads": 2, "kv_heads": 1},
     "chunk_size": 2,
+    "prefix_actions": 0,
     "max_prompt_tokens": 40,
     "text_vocab_size": 300,
 }

@@ -129,3 +129,24 @@ def test_safety_filter_for_a_policy_narrows_its_bounds_and_takes_its_hold_vector
     assert np.all(np.isinf(unbounded.high))
     with pytest.raises(ValueError, match="one value or 3"):
         safety_filter_for({"action_dim": 3}, low=[0.0, 0.0])
+
+
+def test_a_pipelined_request_carries_the_actions_the_current_chunk_still_runs():
+    class PrefixPolicy(FakePolicy):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.metadata["prefix_actions"] = 2
+            self.prefixes = []
+
+        def act(self, observation):
+            self.prefixes.append(observation.get("action_prefix"))
+            return super().act(observation)
+
+    robot, policy = FaultyRobot(), PrefixPolicy(delay=0.15)  # 1.5 ticks at 10 Hz: lead 2
+    with ControlLoop(policy, robot, rate_hz=10, watchdog_ticks=10) as loop:
+        report = loop.run(max_steps=12)
+    assert report.lead_ticks == 2 and report.holds == 0
+    during_run = policy.prefixes[loop.warmup + 1:]  # the first chunk of the run has nothing to continue from
+    assert during_run and all(p is not None and p.shape == (2, 4) for p in during_run)
+    # the chunk observed at tick t runs rows 2 and 3 at ticks t+2, t+3: what the next request is told about
+    np.testing.assert_allclose(during_run[0], policy.chunk[2:4])

@@ -254,3 +254,23 @@ def test_tensorrt_gets_an_engine_cache_and_profile_shapes_for_every_camera(expor
     assert "image:1x32x32x3" in low and "wrist_image:1x32x32x3" in low and "prompt_ids:1x1" in low
     assert f"wrist_image:{MAX_TENSORRT_BATCH}x32x32x3" in high
     assert f"prompt_ids:{MAX_TENSORRT_BATCH}x{spec.max_prompt_tokens}" in high and "state:" in high
+
+
+def test_an_action_prefix_exports_with_parity_and_comes_back_unchanged(tmp_path):
+    model = make_model(tmp_path, chunk_size=4, prefix_actions=2)
+    sharpen(model, 5.0)
+    model.save_pretrained(tmp_path / "ckpt")
+    meta = export(tmp_path / "ckpt", tmp_path / "onnx", parity_inputs=8)
+    assert meta["prefix_actions"] == 2 and meta["parity"]["mismatched_tokens"] == 0
+    torch_policy, onnx_policy = TorchPolicy(tmp_path / "ckpt", device="cpu"), OnnxPolicy(tmp_path / "onnx", device="cpu")
+    assert onnx_policy.metadata["prefix_actions"] == 2
+    committed = np.array([[0.5, -0.5, 0.25, 1.0], [0.1, 0.2, -0.3, -1.0]], np.float32)
+    obs = {**observation(3), "action_prefix": committed}
+    actions = onnx_policy.act(obs)
+    np.testing.assert_array_equal(actions, torch_policy.act(obs))
+    # the committed actions come back (as their bins' centres); the rest is the model's
+    np.testing.assert_allclose(actions[:2], onnx_policy.actions.decode(onnx_policy.actions.encode(committed)), atol=1e-6)
+    with pytest.raises(ValueError, match=r"action_prefix'\] must be \[d <= 2, 4\]"):
+        onnx_policy.act({**observation(3), "action_prefix": np.zeros((3, 4), np.float32)})
+    plain = OnnxPolicy(tmp_path.parent / tmp_path.name / "onnx", device="cpu", verbose=False)
+    assert plain.act(observation(3)).shape == (4, 4)  # no prefix: the whole chunk predicted

@@ -297,3 +297,42 @@ def test_film_conditioning_trains_with_a_batch_of_one(tmp_path):
     batch = model.prepare([observation(0)])
     batch.action_ids = torch.from_numpy(model.action_tokenizer.encode(np.zeros((1, 2, 4))).reshape(1, -1))
     assert torch.isfinite(model(batch)["loss"])
+
+
+def test_a_committed_action_prefix_is_kept_and_conditions_the_rest_of_the_chunk(tmp_path):
+    model = make_model(tmp_path, chunk_size=4, prefix_actions=2)
+    sharpen(model, 5.0)
+    with torch.no_grad():
+        model.prefix_embedding.normal_()  # as if trained
+    batch = model.prepare([observation(0), observation(1)])
+    free = model.predict_action_ids(batch)
+    d = model.config.action_dim
+    prefix = torch.full_like(free, -1)
+    prefix[0, : 2 * d] = model.vocab_size - 1  # sample 0: two committed actions, all in the top bin
+    prefix[1, :d] = model.vocab_size - model.config.n_bins  # sample 1: one, in the bottom bin
+    batch.prefix_ids = prefix
+    given = model.predict_action_ids(batch)
+    assert torch.equal(given[0, : 2 * d], prefix[0, : 2 * d]) and torch.equal(given[1, :d], prefix[1, :d])
+    assert not torch.equal(given[:, 2 * d :], free[:, 2 * d :])  # the rest is predicted given the prefix
+    # In training the given positions carry no loss: changing their labels changes nothing.
+    batch.action_ids = free.clone()
+    loss = model(batch)["loss"]
+    batch.action_ids[0, : 2 * d] = model.vocab_size - model.config.n_bins
+    assert torch.equal(model(batch)["loss"], loss)
+    with pytest.raises(ValueError, match="prefix_ids must be"):
+        model.predict_action_ids(Batch(batch.images, batch.prompt_ids, batch.prompt_mask, batch.state,
+                                       prefix_ids=prefix[:, :3]))
+
+
+def test_prefix_actions_needs_parallel_decoding_and_room_in_the_chunk(tmp_path):
+    from vla.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="parallel"):
+        make_model(tmp_path, chunk_size=4, prefix_actions=2, decoding="autoregressive")
+    with pytest.raises(ConfigError, match="chunk_size - 1"):
+        make_model(tmp_path, chunk_size=2, prefix_actions=2)
+    plain = make_model(tmp_path)
+    batch = plain.prepare([observation(0)])
+    batch.prefix_ids = torch.full((1, plain.config.action_tokens), -1)
+    with pytest.raises(ValueError, match="not trained with an action prefix"):
+        plain.predict_action_ids(batch)

@@ -23,6 +23,7 @@ of the parity inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import warnings
@@ -53,10 +54,9 @@ class ExportError(VLAError):
 
 def _batch(model: VLA, inputs: tuple) -> Batch:
     """Graph inputs, in `_prefix_names` order -> a Batch."""
-    cameras = len(model.image_keys)
-    images = dict(zip(model.image_keys, inputs[:cameras]))
-    state = inputs[cameras + 2] if len(inputs) > cameras + 2 else None
-    return Batch(images, inputs[cameras], inputs[cameras + 1], state)
+    named = dict(zip(_prefix_names(model), inputs))
+    return Batch({key: named[key] for key in model.image_keys}, named["prompt_ids"], named["prompt_mask"],
+                 named.get("state"), prefix_ids=named.get("action_prefix"))
 
 
 class ParallelGraph(nn.Module):
@@ -65,8 +65,9 @@ class ParallelGraph(nn.Module):
         self.model = model
 
     def forward(self, *inputs):
-        logits = self.model.action_logits_for(_batch(self.model, inputs))
-        ids = logits.argmax(-1) + (self.model.vocab_size - self.model.config.n_bins)
+        batch = _batch(self.model, inputs)
+        logits = self.model.action_logits_for(batch)
+        ids = self.model.keep_prefix(batch, logits.argmax(-1) + (self.model.vocab_size - self.model.config.n_bins))
         return ids, logits.float()
 
 
@@ -131,7 +132,13 @@ def example_inputs(model: VLA, batch: int, seed: int = 0) -> Batch:
     mask = (torch.arange(length)[None] >= (length - lengths)[:, None]).long()  # left-padded
     ids = torch.randint(0, text_vocab, (batch, length), generator=g) * mask + model.pad_id * (1 - mask)
     state = torch.randn(batch, model.config.state_dim, generator=g) if model.config.state_dim else None
-    return Batch(images, ids, mask, state)
+    prefix = None
+    if model.config.prefix_actions:  # committed prefixes of 0 .. prefix_actions actions
+        d = model.config.action_dim
+        given = torch.randint(0, model.config.prefix_actions + 1, (batch, 1), generator=g) * d
+        tokens = torch.randint(text_vocab, model.vocab_size, (batch, model.config.action_tokens), generator=g)
+        prefix = torch.where(torch.arange(model.config.action_tokens)[None] < given, tokens, -1)
+    return Batch(images, ids, mask, state, prefix_ids=prefix)
 
 
 def _inputs(batch: Batch) -> tuple:
@@ -139,7 +146,8 @@ def _inputs(batch: Batch) -> tuple:
 
 
 def _prefix_names(model: VLA) -> list[str]:
-    return [*model.image_keys, "prompt_ids", "prompt_mask"] + (["state"] if model.config.state_dim else [])
+    return ([*model.image_keys, "prompt_ids", "prompt_mask"] + (["state"] if model.config.state_dim else [])
+            + (["action_prefix"] if model.config.prefix_actions else []))
 
 
 def _kv_names(prefix: str, layers: int) -> list[str]:
@@ -165,7 +173,7 @@ def _prefix_dynamic_shapes(model: VLA) -> tuple:
     are padding in every row (prompts are left-padded) and run a shorter sequence."""
     batch = torch.export.Dim("batch", min=1, max=1024)
     prompt = torch.export.Dim("prompt", min=1, max=model.config.max_prompt_tokens)
-    shapes = {"prompt_ids": {0: batch, 1: prompt}, "prompt_mask": {0: batch, 1: prompt}, "state": {0: batch}}
+    shapes = {"prompt_ids": {0: batch, 1: prompt}, "prompt_mask": {0: batch, 1: prompt}}
     # forward(*inputs): the variadic inputs are one nested entry
     return (tuple(shapes.get(name, {0: batch}) for name in _prefix_names(model)),)
 
@@ -241,7 +249,7 @@ def write_reference(model: VLA, path: Path, samples: int = 2) -> str:
     batch = example_inputs(model, batch=samples, seed=7)
     with torch.no_grad():
         ids = model.predict_action_ids(batch)
-        logits = model.action_logits_for(Batch(batch.images, batch.prompt_ids, batch.prompt_mask, batch.state, ids))
+        logits = model.action_logits_for(dataclasses.replace(batch, action_ids=ids))
     arrays = {name: value.numpy() for name, value in batch.feeds().items()}
     np.savez(path, **arrays, expected_action_ids=ids.numpy(), expected_action_logits=logits.float().numpy())
     return path.name
@@ -271,8 +279,8 @@ def check_parity(model: VLA, exported: Path, num_inputs: int, fp16: bool, quanti
         seed += 1
         with torch.no_grad():
             torch_ids = model.predict_action_ids(batch).numpy()
-            torch_logits = model.action_logits_for(Batch(batch.images, batch.prompt_ids, batch.prompt_mask, batch.state,
-                                                          torch.from_numpy(torch_ids))).numpy()
+            torch_logits = model.action_logits_for(dataclasses.replace(batch, action_ids=torch.from_numpy(torch_ids)))
+            torch_logits = torch_logits.numpy()
         ort_ids, ort_logits = runtime.run_tokens({name: value.numpy() for name, value in batch.feeds().items()})
         mismatched += int((ort_ids != torch_ids).sum())
         total += torch_ids.size

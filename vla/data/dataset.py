@@ -139,9 +139,11 @@ class DemoDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.episode)
 
-    def batch(self, indices: torch.Tensor, shift: int = 0, offsets: torch.Tensor | None = None) -> Batch:
+    def batch(self, indices: torch.Tensor, shift: int = 0, offsets: torch.Tensor | None = None,
+              prefix_lengths: torch.Tensor | None = None) -> Batch:
         """Gather samples; with `shift > 0`, translate each image by `offsets - shift` pixels
-        (offsets int [B, 2] in [0, 2 * shift], DrQ-style augmentation)."""
+        (offsets int [B, 2] in [0, 2 * shift], DrQ-style augmentation). `prefix_lengths` int [B]: give
+        each sample its first n actions as a committed prefix (training-time action conditioning)."""
         images = {key: frames[indices] for key, frames in self.images.items()}
         if shift:
             if offsets is None:
@@ -149,14 +151,21 @@ class DemoDataset(torch.utils.data.Dataset):
             images = {key: shift_images(frames, shift, offsets) for key, frames in images.items()}
         episodes = self.episode[indices]
         prompt_ids, prompt_mask = trim_prompt_padding(self.prompt_ids[episodes], self.prompt_mask[episodes])
+        action_ids = self.action_ids[indices]
+        prefix_ids = None
+        if prefix_lengths is not None:
+            dim = self.chunk_actions.shape[-1]
+            given = torch.arange(action_ids.shape[1])[None] < (prefix_lengths[:, None] * dim)
+            prefix_ids = torch.where(given & (action_ids >= 0), action_ids, -1)
         return Batch(
             images=images,
             prompt_ids=prompt_ids,
             prompt_mask=prompt_mask,
             state=self.states[indices] if self.use_state else None,
-            action_ids=self.action_ids[indices],
+            action_ids=action_ids,
             aux_target=self.aux_target[indices] if self.aux_target is not None else None,
             aux_mask=self.aux_mask[indices] if self.aux_mask is not None else None,
+            prefix_ids=prefix_ids,
         )
 
 

@@ -53,35 +53,46 @@ def load_pretrained_llama(source: str, attn_implementation: str, quantization: s
 
 
 class GatedCrossAttention(nn.Module):
-    """Text hidden states attend to image tokens; tanh gates start at zero so that, at
-    initialisation, the backbone computes exactly what it computed without images.
+    """Text hidden states attend to image tokens, as LLaMA 3.2 Vision's cross-attention layers do:
+    grouped-query attention with RMS-normalized queries and keys, then a SwiGLU MLP, each behind a tanh
+    gate that starts at zero, so that at initialisation the backbone computes exactly what it computed
+    without images.
 
     forward(hidden [B, T, H], memory [B, N, H]) -> [B, T, H]
     """
 
-    def __init__(self, hidden: int, heads: int, intermediate: int, eps: float = 1e-5):
+    def __init__(self, hidden: int, heads: int, kv_heads: int, intermediate: int, eps: float = 1e-5):
         super().__init__()
-        self.heads = heads
+        if heads % kv_heads:
+            raise ValueError(f"{heads} attention heads do not divide into {kv_heads} key/value heads")
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, hidden // heads
         self.norm = nn.RMSNorm(hidden, eps=eps)
-        self.query = nn.Linear(hidden, hidden, bias=False)
-        self.key = nn.Linear(hidden, hidden, bias=False)
-        self.value = nn.Linear(hidden, hidden, bias=False)
-        self.out = nn.Linear(hidden, hidden, bias=False)
+        self.query = nn.Linear(hidden, heads * self.head_dim, bias=False)
+        self.key = nn.Linear(hidden, kv_heads * self.head_dim, bias=False)
+        self.value = nn.Linear(hidden, kv_heads * self.head_dim, bias=False)
+        self.query_norm = nn.RMSNorm(self.head_dim, eps=eps)
+        self.key_norm = nn.RMSNorm(self.head_dim, eps=eps)
+        self.out = nn.Linear(heads * self.head_dim, hidden, bias=False)
         self.mlp_norm = nn.RMSNorm(hidden, eps=eps)
-        self.mlp = nn.Sequential(nn.Linear(hidden, intermediate, bias=False), nn.GELU(), nn.Linear(intermediate, hidden, bias=False))
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
         self.attn_gate = nn.Parameter(torch.zeros(1))
         self.mlp_gate = nn.Parameter(torch.zeros(1))
 
     def forward(self, hidden: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        b, t, h = hidden.shape
+        b, t, _ = hidden.shape
         n = memory.shape[1]
-        d = h // self.heads
-        q = self.query(self.norm(hidden)).view(b, t, self.heads, d).transpose(1, 2)
-        k = self.key(memory).view(b, n, self.heads, d).transpose(1, 2)
-        v = self.value(memory).view(b, n, self.heads, d).transpose(1, 2)
-        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, h)
+        d = self.head_dim
+        q = self.query_norm(self.query(self.norm(hidden)).view(b, t, self.heads, d)).transpose(1, 2)
+        k = self.key_norm(self.key(memory).view(b, n, self.kv_heads, d)).transpose(1, 2)
+        v = self.value(memory).view(b, n, self.kv_heads, d).transpose(1, 2)
+        groups = self.heads // self.kv_heads
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, self.heads * d)
         hidden = hidden + torch.tanh(self.attn_gate) * self.out(attended)
-        return hidden + torch.tanh(self.mlp_gate) * self.mlp(self.mlp_norm(hidden))
+        x = self.mlp_norm(hidden)
+        return hidden + torch.tanh(self.mlp_gate) * self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class CrossAttendingLayer(nn.Module):
@@ -106,7 +117,8 @@ def add_cross_attention(llama: LlamaForCausalLM, every: int) -> list[CrossAttend
     layers = llama.model.layers
     wrapped = []
     for i in range(every - 1, len(layers), every):
-        cross = GatedCrossAttention(cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size, cfg.rms_norm_eps)
+        cross = GatedCrossAttention(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
+                                    cfg.intermediate_size, cfg.rms_norm_eps)
         layers[i] = CrossAttendingLayer(layers[i], cross)
         wrapped.append(layers[i])
     if not wrapped:
@@ -125,6 +137,7 @@ def apply_lora(llama: LlamaForCausalLM, config: LoraConfig, action_token_ids: li
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
         target_modules=config.targets,
+        exclude_modules=r".*\.cross\..*",  # the new cross-attention blocks train in full, without adapters
         trainable_token_indices={"embed_tokens": action_token_ids, "lm_head": action_token_ids},
     )
     model = get_peft_model(llama, peft_config)

@@ -148,6 +148,7 @@ def policy_spec(model, files: list[str] | None = None, fp16: bool = False) -> Po
         action_names=list(meta.get("action_names") or []),
         action_hold=list(meta.get("action_hold") or []),
         chunk_size=model.config.chunk_size,
+        prefix_actions=model.config.prefix_actions,
         n_bins=model.config.n_bins,
         vocab_size=model.vocab_size,
         action_low=[float(v) for v in stats["action"]["min"]],

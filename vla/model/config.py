@@ -75,6 +75,11 @@ class ModelConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     decoding: str = "parallel"
     chunk_size: int = 1  # K future actions predicted per decision
+    # Parallel decoding: up to this many leading actions of a chunk may be given as a committed prefix
+    # (what a pipelined control loop still executes while the chunk is inferred), and the rest is
+    # predicted consistent with them. Trained by conditioning each sample on 0..prefix_actions of its
+    # own leading actions (training-time action conditioning for real-time chunking, Black et al. 2025).
+    prefix_actions: int = 0
     action_dim: int | None = None  # D; None: from the data (its normalization statistics)
     state_dim: int | None = None  # S; None: from the data; 0: no proprioceptive token
     n_bins: int = 256
@@ -104,6 +109,10 @@ class ModelConfig:
         if self.backbone.quantization != "none" and (not self.backbone.pretrained or self.lora.rank <= 0):
             raise ValueError("backbone.quantization (QLoRA) needs backbone.pretrained and lora.rank > 0: the 4-bit "
                              "base stays frozen and only adapters train")
+        if not 0 <= self.prefix_actions < self.chunk_size:
+            raise ValueError(f"prefix_actions must be in [0, chunk_size - 1 = {self.chunk_size - 1}], got {self.prefix_actions}")
+        if self.prefix_actions and self.decoding != "parallel":
+            raise ValueError("prefix_actions (a committed action prefix) needs parallel decoding")
         if self.state_dim is not None and self.state_dim < 0:
             raise ValueError(f"state_dim must be >= 0, got {self.state_dim}")
 

@@ -133,6 +133,7 @@ class Batch:
     action_ids: torch.Tensor | None = None
     aux_target: torch.Tensor | None = None  # float [B, A]: what the auxiliary head should predict
     aux_mask: torch.Tensor | None = None  # float [B, A]: 1 where aux_target counts
+    prefix_ids: torch.Tensor | None = None  # int64 [B, K*D]: committed action tokens, -1 where not given
 
     def to(self, device) -> Batch:
         def move(value):
@@ -158,13 +159,16 @@ class Batch:
             return torch.from_numpy(np.ascontiguousarray(feeds[name])).to(device)
 
         return cls(images={key: tensor(key) for key in image_keys}, prompt_ids=tensor("prompt_ids"),
-                   prompt_mask=tensor("prompt_mask"), state=tensor("state") if "state" in feeds else None)
+                   prompt_mask=tensor("prompt_mask"), state=tensor("state") if "state" in feeds else None,
+                   prefix_ids=tensor("action_prefix") if "action_prefix" in feeds else None)
 
     def feeds(self) -> dict[str, torch.Tensor]:
-        """The inputs by graph input name: one per camera key, then prompt and state."""
+        """The inputs by graph input name: one per camera key, then prompt, state and action prefix."""
         out = {**self.images, "prompt_ids": self.prompt_ids, "prompt_mask": self.prompt_mask}
         if self.state is not None:
             out["state"] = self.state
+        if self.prefix_ids is not None:
+            out["action_prefix"] = self.prefix_ids
         return out
 
 
@@ -236,6 +240,8 @@ class VLA(nn.Module):
         self.action_queries = (
             nn.Parameter(torch.randn(config.action_tokens, hidden) * 0.02) if config.decoding == "parallel" else None
         )
+        # Marks the action positions whose token is given (a committed prefix); see ModelConfig.prefix_actions.
+        self.prefix_embedding = nn.Parameter(torch.zeros(hidden)) if config.prefix_actions else None
         self.aux_head = None
         if config.aux_loss != "none":
             out_dim = config.action_tokens if config.aux_loss == "actions" else 3
@@ -332,6 +338,12 @@ class VLA(nn.Module):
             if batch.state is None or tuple(batch.state.shape) != (b, self.config.state_dim):
                 got = None if batch.state is None else list(batch.state.shape)
                 raise ValueError(f"state must be [B={b}, {self.config.state_dim}], got {got}")
+        if batch.prefix_ids is not None:
+            if not self.config.prefix_actions:
+                raise ValueError("this model was not trained with an action prefix (model.prefix_actions is 0)")
+            if tuple(batch.prefix_ids.shape) != (b, self.config.action_tokens):
+                raise ValueError(f"prefix_ids must be [B={b}, {self.config.action_tokens}], "
+                                 f"got {list(batch.prefix_ids.shape)}")
 
     def encode_images(self, batch: Batch) -> torch.Tensor:
         """Projected image tokens of every camera, [B, C*N, H], conditioned on the instruction when
@@ -420,6 +432,8 @@ class VLA(nn.Module):
         logits = self.action_logits_for(batch, image_tokens)
         bins = batch.action_ids - (self.vocab_size - self.config.n_bins)
         labels = torch.where(batch.action_ids == IGNORE_INDEX, IGNORE_INDEX, bins)
+        if batch.prefix_ids is not None:  # a given token is not predicted
+            labels = torch.where(batch.prefix_ids >= 0, IGNORE_INDEX, labels)
         # Averaged over all action positions (ignored ones count as zero), not over the valid ones, so
         # the loss of a batch is the mean of its shards' losses, however it is split across processes.
         loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
@@ -443,6 +457,10 @@ class VLA(nn.Module):
         n = self.config.action_tokens
         if self.config.decoding == "parallel":
             tail = self.action_queries.unsqueeze(0).expand(b, -1, -1).to(embeds.dtype)
+            if batch.prefix_ids is not None:
+                given = (batch.prefix_ids >= 0).unsqueeze(-1).to(embeds.dtype)
+                tokens = self.embed_tokens(batch.prefix_ids.clamp(min=0)) + self.prefix_embedding.to(embeds.dtype)
+                tail = tail + given * tokens
             bidirectional = n
         else:
             previous = batch.action_ids[:, :-1].clamp(min=0)  # ignored positions still need some input
@@ -463,7 +481,7 @@ class VLA(nn.Module):
         self._check(batch)
         offset = self.vocab_size - self.config.n_bins
         if self.config.decoding == "parallel":
-            return self.action_logits_for(batch).argmax(-1) + offset
+            return self.keep_prefix(batch, self.action_logits_for(batch).argmax(-1) + offset)
         embeds, valid, memory = self.embed_prefix(batch)
         if not use_cache:
             return self._generate_without_cache(embeds, valid, memory) + offset
@@ -484,6 +502,13 @@ class VLA(nn.Module):
             hidden = self._backbone_forward(step_embeds, mask, next_position, memory, cache)
             next_position = next_position + 1
         return torch.stack(tokens, dim=1) + offset
+
+    @staticmethod
+    def keep_prefix(batch: Batch, ids: torch.Tensor) -> torch.Tensor:
+        """Action ids [B, K*D] with the given (committed) prefix tokens in place of the predicted ones."""
+        if batch.prefix_ids is None:
+            return ids
+        return torch.where(batch.prefix_ids >= 0, batch.prefix_ids, ids)
 
     def _generate_without_cache(self, embeds, valid, memory) -> torch.Tensor:
         """Reference decoding that recomputes the whole sequence each step (for tests)."""

@@ -263,8 +263,12 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
         indices = order.batch(step, config.batch_size)
         step_generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         offsets = torch.randint(0, 2 * shift + 1, (config.batch_size, 2), generator=step_generator)
+        prefixes = None
+        if config.model.prefix_actions:  # simulated inference delays: 0 .. prefix_actions committed actions
+            prefixes = torch.randint(0, config.model.prefix_actions + 1, (config.batch_size,), generator=step_generator)
         for j, micro in enumerate(micro_batches):
-            batch = dataset.batch(indices[micro], shift, offsets[micro]).to(accelerator.device)
+            batch = dataset.batch(indices[micro], shift, offsets[micro],
+                                  None if prefixes is None else prefixes[micro]).to(accelerator.device)
             sync = contextlib.nullcontext() if j == len(micro_batches) - 1 else accelerator.no_sync(model)
             with sync, accelerator.autocast():
                 out = model(batch)
