@@ -83,6 +83,28 @@ def cmd_data_video(args) -> int:
     return 0
 
 
+def cmd_data_import(args) -> int:
+    from vla.data.lerobot import import_lerobot
+
+    out = Path(args.out)
+    _check_out_file(out, args.overwrite, append=False)
+    hold = None if args.action_hold is None else [None if v.lower() in ("null", "none") else float(v)
+                                                   for v in args.action_hold]
+    summary = import_lerobot(args.dataset, out, action_hold=hold)
+    print(f"imported {summary['episodes']} episodes ({summary['steps']} frames, cameras {summary['cameras']}, "
+          f"{summary['fps']:g} fps) into {summary['out']}")
+    return 0
+
+
+def cmd_data_export(args) -> int:
+    from vla.data.lerobot import export_lerobot
+
+    summary = export_lerobot(args.file, args.out, repo_id=args.repo_id, crf=args.crf)
+    print(f"wrote {summary['episodes']} episodes ({summary['frames']} frames, cameras {summary['cameras']}) as a "
+          f"LeRobot v3.0 dataset in {summary['out']}")
+    return 0
+
+
 def cmd_train(args) -> int:
     from vla.training.config import load_train_config
     from vla.training.loop import train
@@ -212,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--append", action="store_true")
     p.set_defaults(func=cmd_collect)
 
-    data = sub.add_parser("data", help="inspect a dataset").add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser("data", help="inspect, import or export a dataset").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("info", help="episodes, instructions and action statistics")
     p.add_argument("file")
     p.add_argument("--json", action="store_true")
@@ -222,6 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episode", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_data_video)
+    p = data.add_parser("import", help="a LeRobot v3.0 dataset directory into an episode store")
+    p.add_argument("dataset", help="the dataset's root (holding meta/info.json)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--action-hold", nargs="+", default=None, metavar="V",
+                   help="per action dimension, what holding still means: a number (delta) or null (absolute, the "
+                        "default for every dimension)")
+    p.set_defaults(func=cmd_data_import)
+    p = data.add_parser("export", help="an episode store as a LeRobot v3.0 dataset directory")
+    p.add_argument("file")
+    p.add_argument("--format", choices=["lerobot"], default="lerobot")
+    p.add_argument("--out", required=True)
+    p.add_argument("--repo-id", default=None)
+    p.add_argument("--crf", type=int, default=20, help="AV1 quality (lower is better; LeRobot records at 30)")
+    p.set_defaults(func=cmd_data_export)
 
     p = sub.add_parser("train", help="train a VLA from demonstrations (resumes from --out if it holds a checkpoint)")
     p.add_argument("--config", required=True, help="recipe name (configs/train/NAME.yaml) or YAML path")
