@@ -205,3 +205,36 @@ def test_deepspeed_is_refused_with_a_pointer_to_fsdp(tmp_path, demos, monkeypatc
     with pytest.raises(ConfigError, match="configs/accelerate/fsdp.yaml"):
         train(load_train_config(recipe(tmp_path, demos)), tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_lazy_frames_and_dataloader_workers_train_exactly_as_frames_in_memory(tmp_path, demos):
+    runs = {}
+    for name, settings in (("memory", ["data.frames=memory"]), ("lazy", ["data.frames=lazy"]),
+                           ("workers", ["data.frames=lazy", "data.workers=2"])):
+        config = load_train_config(recipe(tmp_path, demos), [*settings, "steps=4"])
+        train(config, tmp_path / name, progress=False)
+        runs[name] = losses(tmp_path / name)
+    np.testing.assert_allclose(runs["lazy"], runs["memory"], rtol=1e-6)
+    np.testing.assert_allclose(runs["workers"], runs["memory"], rtol=1e-6)
+    with pytest.raises(DatasetError, match="data.frames must be one of lazy, memory"):
+        train(load_train_config(recipe(tmp_path, demos), ["data.frames=mmap"]), tmp_path / "bad", progress=False)
+
+
+def test_a_validation_split_holds_out_episodes_and_logs_their_loss(tmp_path, demos):
+    from vla.data.dataset import validation_split
+
+    train_eps, held = validation_split(12, 0.25, seed=3)
+    assert len(held) == 3 and not set(held) & set(train_eps) and len(train_eps) == 9
+    assert validation_split(12, 2, seed=3)[1] == validation_split(12, 2, seed=3)[1]  # a count; repeatable
+    config = load_train_config(recipe(tmp_path, demos), ["data.val_episodes=0.25", "eval.val_every=4"])
+    train(config, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    validated = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in validated] == [4, 8] and all(np.isfinite(r["val_loss"]) for r in validated)
+    meta = json.loads((tmp_path / "run" / "policy" / "config.json").read_text())["meta"]
+    assert meta["validation_episodes"] == 3
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    assert "val_loss" in events.Tags()["scalars"]

@@ -1,16 +1,21 @@
-"""Training data: episodes from one or more HDF5 stores, held in memory as model-ready tensors.
+"""Training data: episodes from one or more HDF5 stores.
 
-Each sample is one time step t of one episode: each camera's image and the state at t, the
-episode's prompt, and the action chunk a[t : t + K] as token ids (positions past the episode's end
-are ignored). Prompts, states and images go through the deployed policy's own preprocessing
-(`policies.preprocess.ObservationEncoder`); images are resized once, at load.
+Each sample is one time step t of one episode: each camera's frame and the state at t, the episode's
+prompt, and the action chunk a[t : t + K] as token ids (positions past the episode's end are ignored).
+Everything but the frames is read at load and kept in memory (a few floats per step). Frames are read
+when a batch needs them (`frames="lazy"`: HDF5 chunks of one frame, through the page cache, so memory
+does not grow with the dataset) or loaded once (`frames="memory"`). Both resize with the deployed
+policy's own function (`policies.preprocess.resize_image`) and the prompts and states go through its
+`ObservationEncoder`, so training sees what deployment sees.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 
@@ -20,12 +25,14 @@ from vla.data.store import EpisodeReader
 from vla.errors import DatasetError
 from vla.model.vla import IGNORE_INDEX, Batch
 
+FRAME_MODES = ("lazy", "memory")
+
 
 @dataclass
 class RawEpisodes:
-    """Everything read from the stores, before tokenization."""
+    """Everything read from the stores but the frames, which `frames` locates (or holds)."""
 
-    images: dict[str, list[np.ndarray]]  # per camera, per episode uint8 [T, s, s, 3], resized to the model's size
+    frames: "Frames"
     target_positions: list[np.ndarray | None]  # per episode float32 [T, 3] (privileged), where recorded
     states: list[np.ndarray]  # per episode float32 [T, S]
     actions: list[np.ndarray]  # per episode float32 [T, D]
@@ -34,10 +41,65 @@ class RawEpisodes:
     env_args: dict
     fps: float
     action_space: dict  # {"names", "hold"} as the stores record them, or {}
+    tasks: list[str] = field(default_factory=list)  # per episode, the env id or task name it came from
 
     @property
     def num_steps(self) -> int:
         return sum(len(a) for a in self.actions)
+
+    def subset(self, episodes: list[int]) -> RawEpisodes:
+        """The same stores restricted to some episodes (a validation split)."""
+        pick = lambda values: [values[i] for i in episodes]  # noqa: E731
+        return RawEpisodes(self.frames.subset(episodes), pick(self.target_positions), pick(self.states),
+                           pick(self.actions), pick(self.instructions), pick(self.targets), self.env_args, self.fps,
+                           self.action_space, pick(self.tasks) if self.tasks else [])
+
+
+class Frames:
+    """Camera frames by (episode, step), resized to the model's size.
+
+    get(key, episodes int [B], steps int [B]) -> uint8 [B, s, s, 3]. Lazy frames open their HDF5 files
+    on first use in each process (h5py handles do not survive a fork), so DataLoader workers can read.
+    """
+
+    def __init__(self, locations: list[tuple[str, str]], image_keys: list[str], image_size: int, mode: str):
+        if mode not in FRAME_MODES:
+            raise DatasetError(f"data.frames must be one of {', '.join(FRAME_MODES)}, got {mode!r}")
+        self.locations = locations  # per episode: (store path, group name)
+        self.image_keys, self.image_size, self.mode = list(image_keys), image_size, mode
+        self._files: dict[str, h5py.File] = {}
+        self._pid = None
+        self.loaded: dict[str, list[np.ndarray]] | None = None
+        if mode == "memory":
+            self.loaded = {key: [self._read_episode(e, key) for e in range(len(locations))] for key in image_keys}
+
+    def subset(self, episodes: list[int]) -> Frames:
+        out = Frames.__new__(Frames)
+        out.locations = [self.locations[e] for e in episodes]
+        out.image_keys, out.image_size, out.mode = self.image_keys, self.image_size, self.mode
+        out._files, out._pid = {}, None
+        out.loaded = None if self.loaded is None else {k: [v[e] for e in episodes] for k, v in self.loaded.items()}
+        return out
+
+    def _group(self, episode: int) -> h5py.Group:
+        if self._pid != os.getpid():  # a new process (a DataLoader worker): its own handles
+            self._files, self._pid = {}, os.getpid()
+        path, name = self.locations[episode]
+        if path not in self._files:
+            self._files[path] = h5py.File(path, "r")
+        return self._files[path]["data"][name]["obs"]
+
+    def _read_episode(self, episode: int, key: str) -> np.ndarray:
+        frames = self._group(episode)[key][()]
+        return np.stack([resize_image(f, self.image_size, key) for f in frames])
+
+    def get(self, key: str, episodes: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        if self.loaded is not None:
+            return np.stack([self.loaded[key][e][t] for e, t in zip(episodes, steps)])
+        return np.stack([resize_image(self._group(e)[key][t], self.image_size, key) for e, t in zip(episodes, steps)])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_files": {}, "_pid": None}
 
 
 def camera_keys(paths: list[str | Path]) -> list[str]:
@@ -53,10 +115,11 @@ def camera_keys(paths: list[str | Path]) -> list[str]:
     return keys
 
 
-def load_episodes(paths: list[str | Path], image_size: int, image_keys: list[str]) -> RawEpisodes:
+def load_episodes(paths: list[str | Path], image_size: int, image_keys: list[str], frames: str = "lazy") -> RawEpisodes:
     if not paths:
         raise DatasetError("no dataset given (data.paths is empty)")
-    raw = RawEpisodes({key: [] for key in image_keys}, [], [], [], [], [], {}, 10.0, {})
+    raw = RawEpisodes(None, [], [], [], [], [], {}, 10.0, {}, [])
+    locations = []
     for path in paths:
         with EpisodeReader(path) as reader:
             if len(reader) == 0:
@@ -72,19 +135,33 @@ def load_episodes(paths: list[str | Path], image_size: int, image_keys: list[str
                     raise DatasetError(f"{path}: data/{reader.names[i]} has cameras {cameras}, the model takes "
                                        f"{image_keys}")
                 extra = ("target_position",) if "target_position" in reader.observation_keys(i) else ()
-                ep = reader.episode(i, keys=(*image_keys, "state", *extra))
+                ep = reader.episode(i, keys=("state", *extra))
                 raw.target_positions.append(ep.observations.get("target_position"))
-                for key in image_keys:
-                    raw.images[key].append(np.stack([resize_image(f, image_size, key) for f in ep.observations[key]]))
                 raw.states.append(ep.observations["state"].astype(np.float32))
                 raw.actions.append(ep.actions.astype(np.float32))
                 raw.instructions.append(str(ep.attrs.get("instruction", "")))
                 raw.targets.append(str(ep.attrs.get("target", "")))
+                raw.tasks.append(str(ep.attrs.get("task", "")))
                 raw.fps = float(ep.attrs.get("fps", raw.fps))
+                locations.append((str(path), reader.names[i]))
     dims = {a.shape[1] for a in raw.actions}
     if len(dims) != 1:
         raise DatasetError(f"episodes disagree on the action dimension: {sorted(dims)}")
+    raw.frames = Frames(locations, image_keys, image_size, frames)
     return raw
+
+
+def validation_split(num_episodes: int, fraction_or_count: float, seed: int) -> tuple[list[int], list[int]]:
+    """(training episodes, held-out episodes): a seeded random choice of `fraction_or_count` episodes
+    (a fraction when below 1, a count otherwise); at least one episode stays for training."""
+    if fraction_or_count <= 0:
+        return list(range(num_episodes)), []
+    count = round(fraction_or_count * num_episodes) if fraction_or_count < 1 else int(fraction_or_count)
+    count = min(max(count, 1), num_episodes - 1)
+    if count <= 0:
+        raise DatasetError(f"a validation split needs at least 2 episodes, the data has {num_episodes}")
+    held = set(np.random.default_rng(seed).permutation(num_episodes)[:count].tolist())
+    return [e for e in range(num_episodes) if e not in held], sorted(held)
 
 
 def compute_norm_stats(raw: RawEpisodes) -> dict:
@@ -109,7 +186,7 @@ class DemoDataset(torch.utils.data.Dataset):
             raise DatasetError(
                 f"the data's actions have {raw.actions[0].shape[1]} dimensions, the model expects {actions.dim}"
             )
-        self.images = {key: torch.from_numpy(np.concatenate(frames)) for key, frames in raw.images.items()}
+        self.frames = raw.frames
         self.use_state = encoder.state_stats is not None
         if self.use_state:
             self.states = torch.from_numpy(np.concatenate([normalize_state(s, encoder.state_stats) for s in raw.states]))
@@ -126,6 +203,7 @@ class DemoDataset(torch.utils.data.Dataset):
         self.prompt_ids = torch.from_numpy(np.stack(prompt_ids))
         self.prompt_mask = torch.from_numpy(np.stack(prompt_masks))
         self.episode = torch.from_numpy(np.concatenate(episode_of_step))
+        self.step = torch.from_numpy(np.concatenate([np.arange(len(a)) for a in raw.actions]))
         chunk_actions = np.concatenate(chunks)  # [N, K, D]
         valid = np.concatenate(chunk_valid)  # [N, K]
         ids = actions.encode(chunk_actions)
@@ -144,7 +222,8 @@ class DemoDataset(torch.utils.data.Dataset):
         """Gather samples; with `shift > 0`, translate each image by `offsets - shift` pixels
         (offsets int [B, 2] in [0, 2 * shift], DrQ-style augmentation). `prefix_lengths` int [B]: give
         each sample its first n actions as a committed prefix (training-time action conditioning)."""
-        images = {key: frames[indices] for key, frames in self.images.items()}
+        episodes, steps = self.episode[indices].numpy(), self.step[indices].numpy()
+        images = {key: torch.from_numpy(self.frames.get(key, episodes, steps)) for key in self.frames.image_keys}
         if shift:
             if offsets is None:
                 offsets = torch.randint(0, 2 * shift + 1, (len(indices), 2))

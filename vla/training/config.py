@@ -13,6 +13,11 @@ from vla.model.config import ModelConfig
 class DataConfig:
     paths: list[str] = field(default_factory=list)
     augment_shift: int = 4  # pixels of random translation; 0 = off
+    # "lazy": frames are read from the stores as batches need them (memory does not grow with the data);
+    # "memory": loaded once at start (a little faster for data that fits).
+    frames: str = "lazy"
+    workers: int = 0  # DataLoader processes that prepare the next batches while a step runs
+    val_episodes: float = 0.0  # episodes held out for a validation loss: a fraction (< 1) or a count
     # What standing still means per action dimension (a number for a delta dimension, null for an
     # absolute one); None: what the data records (`vla collect` and `vla data import` record it).
     action_hold: list | None = None
@@ -35,6 +40,8 @@ class EvalDuringTraining:
     episodes: int = 10
     seed: int = 100_000
     workers: int = 1
+    val_every: int = 100  # validation loss (with data.val_episodes) every this many steps and at the end
+    val_batches: int = 4
 
 
 @dataclass

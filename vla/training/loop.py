@@ -23,7 +23,7 @@ from safetensors.torch import load_model
 from tqdm import tqdm
 
 from vla.config import diff, to_dict
-from vla.data.dataset import DemoDataset, compute_norm_stats, load_episodes
+from vla.data.dataset import DemoDataset, compute_norm_stats, load_episodes, validation_split
 from vla.data.store import EpisodeReader
 from vla.errors import ConfigError, DatasetError
 from vla.model.checkpoint import WEIGHTS_FILE, load_weights, observation_encoder
@@ -92,6 +92,30 @@ class Prepared:
     tokenizer_file: Path
     resume_from: Path | None
     env_args: dict
+    val_dataset: DemoDataset | None = None
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Step -> (its global sample indices, this process's micro-batches): a function of (seed, step) alone,
+    so that DataLoader workers can prepare steps ahead and a resumed run sees the same batches."""
+
+    def __init__(self, dataset: DemoDataset, config: TrainConfig, micro_batches: list[torch.Tensor]):
+        self.dataset, self.config, self.micro_batches = dataset, config, micro_batches
+        self.order = SampleOrder(len(dataset), config.seed)
+
+    def __len__(self) -> int:
+        return self.config.steps
+
+    def __getitem__(self, step: int):
+        config, shift = self.config, self.config.data.augment_shift
+        indices = self.order.batch(step, config.batch_size)
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        offsets = torch.randint(0, 2 * shift + 1, (config.batch_size, 2), generator=generator)
+        prefixes = None
+        if config.model.prefix_actions:  # simulated inference delays: 0 .. prefix_actions committed actions
+            prefixes = torch.randint(0, config.model.prefix_actions + 1, (config.batch_size,), generator=generator)
+        return indices, [self.dataset.batch(indices[m], shift, offsets[m], None if prefixes is None else prefixes[m])
+                         for m in self.micro_batches]
 
 
 def _text_tokenizer(config: TrainConfig, instructions: list[str], out_dir: Path, resume_from: Path | None) -> Path:
@@ -163,10 +187,13 @@ def prepare(config: TrainConfig, out_dir: Path) -> Prepared:
             raise ConfigError(
                 f"{out_dir} holds a checkpoint of a different model; refusing to resume. Changed: " + "; ".join(changed)
             )
-    raw = load_episodes(config.data.paths, config.model.vision.image_size, config.model.image_keys)
-    dims = {a.shape[1] for a in raw.actions}
+    everything = load_episodes(config.data.paths, config.model.vision.image_size, config.model.image_keys,
+                               config.data.frames)
+    dims = {a.shape[1] for a in everything.actions}
     if dims != {config.model.action_dim}:
         raise DatasetError(f"episodes disagree on the action dimension: {sorted(dims)}")
+    train_episodes, val_episodes = validation_split(len(everything.actions), config.data.val_episodes, config.seed)
+    raw = everything.subset(train_episodes) if val_episodes else everything
     if resume_from is not None:
         norm_stats = json.loads((resume_from / "norm_stats.json").read_text())
     else:
@@ -174,13 +201,18 @@ def prepare(config: TrainConfig, out_dir: Path) -> Prepared:
     tokenizer_file = _text_tokenizer(config, raw.instructions, out_dir, resume_from)
     names, hold = action_semantics(config, raw.action_space, config.model.action_dim)
     meta = {"env_args": raw.env_args, "fps": raw.fps, "train_data": list(config.data.paths),
-            "example_instruction": raw.instructions[0], "action_names": names, "action_hold": hold}
+            "example_instruction": raw.instructions[0], "action_names": names, "action_hold": hold,
+            "validation_episodes": len(val_episodes)}
     model = VLA.create(config.model, tokenizer_file, norm_stats, meta=meta)
     if resume_from is not None:
         load_weights(model, resume_from / WEIGHTS_FILE)
-    dataset = DemoDataset(raw, observation_encoder(model), model.action_tokenizer, config.model.chunk_size,
-                          aux_loss=config.model.aux_loss)
-    return Prepared(model, dataset, norm_stats, tokenizer_file, resume_from, raw.env_args)
+    encoder = observation_encoder(model)
+
+    def dataset(part):
+        return DemoDataset(part, encoder, model.action_tokenizer, config.model.chunk_size, aux_loss=config.model.aux_loss)
+
+    return Prepared(model, dataset(raw), norm_stats, tokenizer_file, resume_from, raw.env_args,
+                    dataset(everything.subset(val_episodes)) if val_episodes else None)
 
 
 def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
@@ -247,10 +279,13 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
 
         writer = SummaryWriter(str(out_dir / "tb"))
 
-    order = SampleOrder(len(dataset), config.seed)
-    shift = config.data.augment_shift
     mine = torch.arange(config.batch_size)[rank::world]
-    micro_batches = mine.chunk(config.grad_accum)
+    micro_batches = list(mine.chunk(config.grad_accum))
+    workers = config.data.workers
+    loader = torch.utils.data.DataLoader(StepBatches(dataset, config, micro_batches), batch_size=None,
+                                         sampler=range(start_step, config.steps), num_workers=workers,
+                                         prefetch_factor=2 if workers else None)
+    validate = _validator(prep.val_dataset, config, mine, accelerator)
     bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="step", disable=not (progress and main))
     window = {"loss": 0.0, "accuracy": 0.0, "n": 0}
     window_start = time.perf_counter()
@@ -259,17 +294,10 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
     last = {}
     weights = None  # the last checkpoint's gathered weights: the final step always checkpoints
     model.train()
-    for step in range(start_step, config.steps):
-        indices = order.batch(step, config.batch_size)
-        step_generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        offsets = torch.randint(0, 2 * shift + 1, (config.batch_size, 2), generator=step_generator)
-        prefixes = None
-        if config.model.prefix_actions:  # simulated inference delays: 0 .. prefix_actions committed actions
-            prefixes = torch.randint(0, config.model.prefix_actions + 1, (config.batch_size,), generator=step_generator)
-        for j, micro in enumerate(micro_batches):
-            batch = dataset.batch(indices[micro], shift, offsets[micro],
-                                  None if prefixes is None else prefixes[micro]).to(accelerator.device)
-            sync = contextlib.nullcontext() if j == len(micro_batches) - 1 else accelerator.no_sync(model)
+    for step, (indices, micro_list) in zip(range(start_step, config.steps), loader):
+        for j, batch in enumerate(micro_list):
+            batch = batch.to(accelerator.device)
+            sync = contextlib.nullcontext() if j == len(micro_list) - 1 else accelerator.no_sync(model)
             with sync, accelerator.autocast():
                 out = model(batch)
                 accelerator.backward(out["loss"] / config.grad_accum)
@@ -299,6 +327,9 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
                 "samples_per_s": window["n"] * config.batch_size / max(elapsed, 1e-9),
                 "elapsed_s": time.perf_counter() - train_start,
             }
+            if validate is not None and (done % config.eval.val_every == 0 or done == config.steps):
+                row.update(validate(model))
+                model.train()
             last = row
             if main:
                 _log(row, metrics_path, writer, bar)
@@ -339,6 +370,28 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
         (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         writer.close()
     return summary
+
+
+def _validator(val_dataset: DemoDataset | None, config: TrainConfig, mine: torch.Tensor, accelerator):
+    """-> validate(model) -> {"val_loss", "val_accuracy"} over fixed batches of the held-out episodes
+    (every process computes its share of each batch), or None without a validation split."""
+    if val_dataset is None:
+        return None
+    order = SampleOrder(len(val_dataset), config.seed + 1)
+    batches = [order.batch(i, config.batch_size)[mine] for i in range(config.eval.val_batches)]
+
+    @torch.no_grad()
+    def validate(model) -> dict:
+        model.eval()
+        totals = torch.zeros(2, device=accelerator.device)
+        for indices in batches:
+            with accelerator.autocast():
+                out = model(val_dataset.batch(indices).to(accelerator.device))
+            totals += torch.stack([out["loss"].float(), out["accuracy"].float()]) / len(batches)
+        loss, accuracy = accelerator.reduce(totals, "mean").tolist()
+        return {"val_loss": loss, "val_accuracy": accuracy}
+
+    return validate
 
 
 def _decoded_l1(model: VLA, dataset: DemoDataset, batch, predicted_ids: torch.Tensor, indices: torch.Tensor) -> float:
