@@ -139,6 +139,11 @@ class TabletopEnv(gym.Env):
         return self.data.xpos[self._cube_body[color]].copy()
 
     @property
+    def target_position(self) -> np.ndarray:
+        """Privileged: the named cube's position (recorded for auxiliary losses, never a policy input)."""
+        return self.object_position(self.target).astype(np.float32)
+
+    @property
     def zone(self) -> np.ndarray:
         return self.model.body_pos[self._zone_body][:2].copy()
 

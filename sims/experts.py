@@ -161,7 +161,13 @@ EXPERTS: dict[str, type[Expert]] = {
 
 
 def make_expert(env) -> Expert:
-    """The scripted expert for the environment's task."""
+    """The scripted expert for the environment's task (Meta-World's own for its tasks)."""
+    if not isinstance(env.unwrapped, TabletopEnv):
+        from sims.metaworld import MetaWorldEnv, MetaWorldExpert
+
+        if isinstance(env.unwrapped, MetaWorldEnv):
+            return MetaWorldExpert(env)
+        raise ValueError(f"no scripted expert for {type(env.unwrapped).__name__}")
     return EXPERTS[env.unwrapped.task.name](env)
 
 

@@ -36,8 +36,24 @@ def _check_out_file(path: Path, overwrite: bool, append: bool) -> None:
 def cmd_collect(args) -> int:
     from vla.data.collect import collect
 
-    env_id = _valid_env_id(args.task)
     out = Path(args.out)
+    if args.suite:
+        from vla.data.collect import collect_suite, expert_success
+        from vla.suites import load_suite
+
+        suite = load_suite(args.suite)
+        for env_id in suite.tasks:
+            _valid_env_id(env_id)
+        _check_out_file(out, args.overwrite, args.append)
+        summary = collect_suite(suite, args.episodes, out, seed=args.seed or 0, workers=args.workers, noise=args.noise,
+                                env_kwargs=_parse_env_kwargs(args.env_kw), all_targets=args.all_targets)
+        for env_id, row in summary["tasks"].items():
+            ok, n = expert_success(row["outcomes"], row["first_seed"], args.episodes)
+            print(f"{env_id}: {row['episodes_written']} episodes; expert {ok}/{n} on seeds {row['first_seed']}.."
+                  f"{row['first_seed'] + args.episodes - 1}")
+        print(f"wrote {summary['episodes_in_file']} episodes of {len(suite.tasks)} tasks to {out}")
+        return 0
+    env_id = _valid_env_id(args.task or _missing_task())
     _check_out_file(out, args.overwrite, args.append)
     summary = collect(
         env_id,
@@ -56,6 +72,10 @@ def cmd_collect(args) -> int:
         f"({summary['attempts']} attempts, {summary['failures']} failed, seeds from {summary['first_seed']})"
     )
     return 0
+
+
+def _missing_task():
+    raise VLAError("--task or --suite is needed")
 
 
 def _valid_env_id(task: str) -> str:
@@ -144,10 +164,25 @@ def cmd_eval(args) -> int:
 
     policy = load_policy(args.policy, device=args.device)
     env_args = policy.metadata.get("env_args", {})
+    seed = args.seed if args.seed is not None else DEFAULT_EVAL_SEED
+    suite_name = args.suite or (env_args.get("suite") if not args.task else None)
+    if suite_name:
+        from vla.evaluation import evaluate_suite, format_suite
+        from vla.suites import load_suite
+
+        suite = load_suite(suite_name)
+        for env_id in suite.tasks:
+            _valid_env_id(env_id)
+        summary = evaluate_suite(policy, suite, args.episodes, seed=seed, env_kwargs=_parse_env_kwargs(args.env_kw),
+                                 workers=args.workers, execute=args.execute, chunk_mode=args.chunk_mode,
+                                 out_dir=args.out, videos=args.videos)
+        print(format_suite(summary))
+        print(f"wrote {Path(args.out) / 'eval.json'}")
+        return 0
     env_id = _valid_env_id(args.task or env_args.get("env_name") or _missing("--task"))
     env_kwargs = dict(env_args.get("env_kwargs", {})) if env_args.get("env_name") == env_id else {}
     env_kwargs.update(_parse_env_kwargs(args.env_kw))
-    summary = evaluate(policy, env_id, args.episodes, seed=args.seed if args.seed is not None else DEFAULT_EVAL_SEED,
+    summary = evaluate(policy, env_id, args.episodes, seed=seed,
                        env_kwargs=env_kwargs, workers=args.workers, execute=args.execute, chunk_mode=args.chunk_mode,
                        out_dir=args.out, videos=args.videos)
     print(format_eval(summary))
@@ -219,8 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("collect", help="scripted demonstrations to HDF5")
-    p.add_argument("--task", required=True, help="environment id, e.g. sims/Reach-v0")
-    p.add_argument("--episodes", type=int, required=True)
+    p.add_argument("--task", help="environment id, e.g. sims/Reach-v0 or metaworld/reach-v3")
+    p.add_argument("--suite", help="every task of a suite (configs/suites/NAME.yaml) into one file")
+    p.add_argument("--episodes", type=int, required=True, help="per task")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=None, help="first seed (default 0, or after the last one with --append)")
     p.add_argument("--workers", type=int, default=1)
@@ -271,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="roll a checkpoint or exported policy out in simulation")
     p.add_argument("--policy", required=True, help="checkpoint, training run or exported directory")
     p.add_argument("--task", help="environment id (default: the one the policy was trained on)")
-    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--suite", help="every task of a suite (configs/suites/NAME.yaml), one eval.json")
+    p.add_argument("--episodes", type=int, default=50, help="per task")
     p.add_argument("--seed", type=int, default=None, help="first seed (default 100000, away from demonstration seeds)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--execute", type=int, default=None, help="actions run per chunk (receding horizon; default all)")

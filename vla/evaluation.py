@@ -167,6 +167,56 @@ def evaluate(
     return summary
 
 
+def evaluate_suite(policy, suite, episodes: int, seed: int = DEFAULT_EVAL_SEED, env_kwargs: dict | None = None,
+                   workers: int = 1, execute: int | None = None, chunk_mode: str = "receding",
+                   out_dir: str | Path | None = None, videos: int = 2, progress: bool = True, rephrase=None) -> dict:
+    """Every task of a `vla.suites.Suite` on the same seeds; one summary:
+
+        tasks: {env id: {success_rate, ci95, successes, num_episodes, mean_steps, seeds: [first, last]}},
+        average_success_rate, difficulty: {bucket: mean success}, reference (the suite's published figures).
+    Each task's own eval.json and videos go to OUT/<task>/.
+    """
+    kwargs = {**suite.env_kwargs, **(env_kwargs or {})}
+    tasks, details = {}, {}
+    for env_id in suite.tasks:
+        task_dir = Path(out_dir) / env_id.replace("/", "_") if out_dir is not None else None
+        result = evaluate(policy, env_id, episodes, seed=seed, env_kwargs=kwargs, workers=workers, execute=execute,
+                          chunk_mode=chunk_mode, out_dir=task_dir, videos=videos, progress=progress,
+                          rephrase=rephrase(env_id) if rephrase else None)
+        tasks[env_id] = {k: result[k] for k in ("success_rate", "ci95", "successes", "num_episodes", "mean_steps")}
+        tasks[env_id]["seeds"] = [seed, seed + episodes - 1]
+        details[env_id] = result
+    rates = [t["success_rate"] for t in tasks.values()]
+    summary = {
+        "suite": suite.name,
+        "tasks": tasks,
+        "average_success_rate": float(np.mean(rates)),
+        "difficulty": {bucket: float(np.mean([tasks[t]["success_rate"] for t in members]))
+                       for bucket, members in suite.difficulty.items()},
+        "reference": suite.reference,
+        "env_kwargs": kwargs,
+        "policy": dict(getattr(policy, "metadata", {})),
+        "policy_ms_per_call": float(np.mean([d["policy_ms_per_call"] for d in details.values()])),
+    }
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        tmp = Path(out_dir) / ".eval.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(Path(out_dir) / "eval.json")
+    return summary
+
+
+def format_suite(summary: dict) -> str:
+    lines = [f"{summary['suite']}: average success {summary['average_success_rate']:.1%}"]
+    for env_id, row in summary["tasks"].items():
+        low, high = row["ci95"]
+        lines.append(f"  {env_id:34s} {row['successes']:3d}/{row['num_episodes']:<3d} {row['success_rate']:6.1%} "
+                     f"(95% CI {low:.0%}-{high:.0%}), {row['mean_steps']:.0f} steps")
+    for bucket, rate in summary["difficulty"].items():
+        lines.append(f"  {bucket:8s} {rate:.1%}")
+    return "\n".join(lines)
+
+
 def summarize(results: list[dict]) -> dict:
     n = len(results)
     successes = sum(r["success"] for r in results)

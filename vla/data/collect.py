@@ -38,6 +38,8 @@ def _make(job: CollectionJob):
         from sims.experts import make_expert
 
         env = gym.make(sims.check_env_id(job.env_id), **job.env_kwargs)
+        for old, _ in _worker_cache.values():  # one rendering env per process: an old renderer collected
+            old.close()                         # after a new GL context exists can blank the new one's frames
         _worker_cache.clear()
         _worker_cache[key] = (env, make_expert(env))
     return _worker_cache[key]
@@ -59,7 +61,7 @@ def rollout(job: CollectionJob, seed: int, target: str | None = None) -> Episode
         for key, value in obs.items():
             frames.setdefault(key, []).append(value)
         # Privileged, for auxiliary losses and analysis; never a policy input.
-        frames.setdefault("target_position", []).append(unwrapped.object_position(unwrapped.target).astype(np.float32))
+        frames.setdefault("target_position", []).append(unwrapped.target_position)
         actions.append(action)
         rewards.append(reward)
         dones.append(terminated or truncated)
@@ -82,6 +84,8 @@ def rollout(job: CollectionJob, seed: int, target: str | None = None) -> Episode
 
 def _object_colors(env_id: str, env_kwargs: dict) -> list[str]:
     env, _ = _make(CollectionJob(env_id, env_kwargs))
+    if not hasattr(env.unwrapped, "colors"):
+        raise DatasetError(f"--all-targets needs a task whose instruction names one of several objects; {env_id} has one")
     if env.unwrapped.num_objects != len(env.unwrapped.colors):
         raise DatasetError("--all-targets needs every cube on the table (num_objects == num_colors)")
     return list(env.unwrapped.colors)
@@ -119,6 +123,7 @@ def collect(
     job = CollectionJob(env_id=env_id, env_kwargs=dict(env_kwargs or {}), noise=noise)
     env_args = {"env_name": env_id, "env_kwargs": job.env_kwargs, "noise": noise}
     written = failures = attempts = 0
+    outcomes: list[tuple[int, bool]] = []  # (seed, expert succeeded), in seed order
     targets = _object_colors(env_id, job.env_kwargs) if all_targets else []
     env, _ = _make(job)
     action_space = {"names": env.unwrapped.metadata.get("action_names"), "hold": env.unwrapped.metadata.get("action_hold")}
@@ -140,6 +145,7 @@ def collect(
                 results = pool.imap(_rollout_star, batch) if pool else map(_rollout_star, batch)
                 for episode in results:
                     attempts += 1
+                    outcomes.append((int(episode.attrs["seed"]), bool(episode.attrs["success"])))
                     if not episode.attrs["success"]:
                         failures += 1
                         if not keep_failures:
@@ -160,4 +166,28 @@ def collect(
         "attempts": attempts,
         "failures": failures,
         "first_seed": seed,
+        "outcomes": outcomes,
     }
+
+
+def collect_suite(suite, episodes: int, out: str | Path, seed: int = 0, workers: int = 1, noise: float = 0.0,
+                  env_kwargs: dict | None = None, progress: bool = True, all_targets: bool = False) -> dict:
+    """`episodes` demonstrations of every task of a `vla.suites.Suite` into one store (the tasks mixed,
+    each episode's `task` attribute naming its environment); returns the summary per task."""
+    out = Path(out)
+    kwargs = {**suite.env_kwargs, **(env_kwargs or {})}
+    with EpisodeWriter(out, env_args={"suite": suite.name, "tasks": suite.tasks, "env_kwargs": kwargs,
+                                      "noise": noise}):
+        pass
+    tasks = {}
+    for env_id in suite.tasks:
+        tasks[env_id] = collect(env_id, episodes, out, seed=seed, workers=workers, noise=noise, env_kwargs=kwargs,
+                                append=True, progress=progress, all_targets=all_targets)
+    return {"out": str(out), "suite": suite.name, "tasks": tasks,
+            "episodes_in_file": sum(t["episodes_written"] for t in tasks.values())}
+
+
+def expert_success(outcomes: list[tuple[int, bool]], first_seed: int, count: int) -> tuple[int, int]:
+    """(successes, episodes) of the expert over seeds first_seed .. first_seed + count - 1."""
+    window = [ok for seed, ok in outcomes if first_seed <= seed < first_seed + count]
+    return sum(window), len(window)

@@ -112,8 +112,10 @@ class StepBatches(torch.utils.data.Dataset):
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         offsets = torch.randint(0, 2 * shift + 1, (config.batch_size, 2), generator=generator)
         prefixes = None
-        if config.model.prefix_actions:  # simulated inference delays: 0 .. prefix_actions committed actions
-            prefixes = torch.randint(0, config.model.prefix_actions + 1, (config.batch_size,), generator=generator)
+        if config.model.prefix_actions:  # simulated inference delays: 1 .. prefix_actions committed actions
+            lengths = torch.randint(1, config.model.prefix_actions + 1, (config.batch_size,), generator=generator)
+            given = torch.rand(config.batch_size, generator=generator) < config.data.prefix_probability
+            prefixes = torch.where(given, lengths, 0)
         return indices, [self.dataset.batch(indices[m], shift, offsets[m], None if prefixes is None else prefixes[m])
                          for m in self.micro_batches]
 

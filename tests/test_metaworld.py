@@ -1,0 +1,108 @@
+"""Meta-World behind our observation convention (the `metaworld` extra, which `make test` installs)."""
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import sims
+from sims.experts import make_expert, run_episode
+
+MT10 = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
+        "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
+
+
+def test_an_mt10_task_follows_our_observation_convention():
+    env = gym.make("metaworld/drawer-open-v3", image_size=48, wrist_camera=True)
+    obs, info = env.reset(seed=3)
+    assert set(obs) == {"image", "wrist_image", "state"}
+    assert obs["image"].shape == (48, 48, 3) and obs["image"].dtype == np.uint8
+    assert obs["state"].shape == (4,) and obs["state"].dtype == np.float32  # hand xyz and gripper opening only
+    np.testing.assert_allclose(obs["state"][:3], env.unwrapped.raw_observation[:3], atol=1e-6)
+    assert info["instruction"] in sims.metaworld.instructions("drawer-open-v3") and info["is_success"] is False
+    assert env.unwrapped.metadata["action_hold"] == [0.0, 0.0, 0.0, None]
+    again, _ = env.reset(seed=3)
+    np.testing.assert_array_equal(again["image"], obs["image"])  # a seed is a scene
+    env.close()
+
+
+def test_every_seed_draws_its_own_layout():
+    env = gym.make("metaworld/push-v3", image_size=32).unwrapped
+    layouts = set()
+    for seed in range(60):
+        env.reset(seed=seed)
+        layouts.add(tuple(np.round(env.raw_observation[4:7], 5)) + tuple(np.round(env.raw_observation[-3:], 5)))
+    assert len(layouts) == 60  # not the benchmark's 50 frozen presets
+    env.close()
+
+
+@pytest.mark.parametrize("task", MT10)
+def test_the_shipped_expert_solves_the_task(task):
+    env = gym.make(f"metaworld/{task}", image_size=32)
+    expert = make_expert(env)
+    successes = 0
+    for seed in range(2):
+        for _, action, _, terminated, truncated, info in run_episode(env, expert, seed):
+            assert action.shape == (4,) and np.all(np.abs(action) <= 1)
+        successes += info["is_success"]
+        assert terminated == info["is_success"]  # an episode ends at its first success
+    env.close()
+    assert successes == 2
+
+
+def test_bad_task_and_suite_names_list_the_valid_ones(monkeypatch):
+    from vla.errors import ConfigError
+    from vla.suites import load_suite
+
+    with pytest.raises(ValueError, match="unknown Meta-World task 'fly-v3'; valid tasks: .*metaworld/reach-v3"):
+        sims.check_env_id("metaworld/fly-v3")
+    with pytest.raises(ConfigError, match="no suites config named 'mt99'; known: builtin, metaworld-mt10"):
+        load_suite("mt99")
+    monkeypatch.setattr(sims, "metaworld_available", lambda: False)
+    with pytest.raises(sims.MissingExtra, match=r"pip install 'vla-robotics\[metaworld\]'"):
+        sims.check_env_id("metaworld/reach-v3")
+
+
+def test_vla_names_the_missing_extra_in_one_line(monkeypatch, capsys):
+    from vla.cli import main
+
+    monkeypatch.setattr(sims, "metaworld_available", lambda: False)
+    assert main(["collect", "--task", "metaworld/reach-v3", "--episodes", "1", "--out", "/tmp/never.hdf5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "vla-robotics[metaworld]" in err
+
+
+def test_a_suite_collects_into_one_store_and_evaluates_into_one_eval_json(tmp_path):
+    from vla.data.collect import collect_suite
+    from vla.data.store import EpisodeReader
+    from vla.evaluation import evaluate_suite
+    from vla.suites import Suite
+
+    suite = Suite("mini", ["metaworld/reach-v3", "metaworld/drawer-close-v3"], {"image_size": 32},
+                  difficulty={"easy": ["metaworld/reach-v3", "metaworld/drawer-close-v3"]})
+    summary = collect_suite(suite, 2, tmp_path / "mt.hdf5", workers=1, progress=False)
+    assert summary["episodes_in_file"] == 4
+    with EpisodeReader(tmp_path / "mt.hdf5") as reader:
+        assert sorted({reader.attrs(i)["task"] for i in range(4)}) == sorted(suite.tasks)
+        assert reader.env_args["suite"] == "mini" and reader.action_space["hold"] == [0.0, 0.0, 0.0, None]
+
+    class StandStill:
+        metadata = {"action_dim": 4}
+
+        def reset(self):
+            pass
+
+        def act(self, observation):
+            return np.zeros((2, 4), np.float32)
+
+    result = evaluate_suite(StandStill(), suite, 2, seed=100_000, env_kwargs={"max_episode_steps": 10},
+                            out_dir=tmp_path / "eval", videos=1, progress=False)
+    on_disk = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert on_disk["suite"] == "mini" and set(on_disk["tasks"]) == set(suite.tasks)
+    for row in on_disk["tasks"].values():
+        assert row["num_episodes"] == 2 and row["seeds"] == [100_000, 100_001] and 0 <= row["success_rate"] <= 1
+        assert len(row["ci95"]) == 2
+    assert result["average_success_rate"] == np.mean([r["success_rate"] for r in on_disk["tasks"].values()])
+    assert set(on_disk["difficulty"]) == {"easy"}
+    assert (tmp_path / "eval" / "metaworld_reach-v3" / "eval.json").exists()
