@@ -90,6 +90,9 @@ class LoopReport:
         }
 
 
+SEND_MARGIN = 0.2  # of a tick: what is left for filtering and sending once the chunk arrives
+
+
 class _Stopped(Exception):
     """The watchdog stopped the robot; the loop unwinds."""
 
@@ -315,14 +318,16 @@ class ControlLoop:
         self._warm = True
 
     def _lead(self) -> int:
-        """Ticks before a chunk runs out to ask for the next: none while inference fits in half a
-        tick (it is waited for within the tick), else the ticks the slowest recent inference took."""
+        """Ticks before a chunk runs out to ask for the next: the fewest that let the slowest recent
+        inference (plus a fifth of a tick to send the action) arrive before the deadline of the tick
+        that needs it. The chunk used is then the freshest that can be on time: a 1.5-tick inference
+        asked for one tick early arrives half-way through the tick it is needed in."""
         if self.lead_ticks is not None:
             return self.lead_ticks
         if not self.realtime or not self._latencies:
             return 0
-        latency = max(self._latencies)
-        return 0 if latency <= self.period / 2 else math.ceil(latency / self.period)
+        latency = max(self._latencies) + SEND_MARGIN * self.period
+        return max(0, math.ceil(latency / self.period) - 1)
 
     def _committed(self, tick: int, lead: int) -> np.ndarray | None:
         """The actions the current chunk still runs while the next one is inferred, [d, D] (ticks tick ..

@@ -91,9 +91,9 @@ def test_pipelined_chunks_leave_no_idle_ticks_when_a_decision_takes_longer_than_
         with ControlLoop(policy, robot, rate_hz=10, lead_ticks=lead, watchdog_ticks=10) as loop:
             runs[lead] = loop.run(max_steps=24)
     pipelined, waiting = runs[None], runs[0]
-    assert pipelined.lead_ticks == 2 and not pipelined.safe_stop
+    assert pipelined.lead_ticks == 1 and not pipelined.safe_stop  # asked one tick early, on time half-way through
     assert pipelined.holds == 0 and pipelined.startup_ticks <= 2
-    assert pipelined.dropped_actions > 0  # each chunk's first actions had passed when it arrived
+    assert pipelined.dropped_actions > 0  # each chunk's first action had passed when it arrived
     assert waiting.holds >= 4  # about one idle tick at every chunk boundary
 
 
@@ -142,11 +142,11 @@ def test_a_pipelined_request_carries_the_actions_the_current_chunk_still_runs():
             self.prefixes.append(observation.get("action_prefix"))
             return super().act(observation)
 
-    robot, policy = FaultyRobot(), PrefixPolicy(delay=0.15)  # 1.5 ticks at 10 Hz: lead 2
+    robot, policy = FaultyRobot(), PrefixPolicy(delay=0.15)  # 1.5 ticks at 10 Hz: lead 1
     with ControlLoop(policy, robot, rate_hz=10, watchdog_ticks=10) as loop:
         report = loop.run(max_steps=12)
-    assert report.lead_ticks == 2 and report.holds == 0
+    assert report.lead_ticks == 1 and report.holds == 0
     during_run = policy.prefixes[loop.warmup + 1:]  # the first chunk of the run has nothing to continue from
-    assert during_run and all(p is not None and p.shape == (2, 4) for p in during_run)
-    # the chunk observed at tick t runs rows 2 and 3 at ticks t+2, t+3: what the next request is told about
-    np.testing.assert_allclose(during_run[0], policy.chunk[2:4])
+    assert during_run and all(p is not None and p.shape == (1, 4) for p in during_run)
+    # the chunk observed at tick t runs row 3 at tick t+3 while the next is inferred: what that request is told
+    np.testing.assert_allclose(during_run[0], policy.chunk[3:4])

@@ -64,7 +64,8 @@ def _sibling_checkpoint(model, decoding: str, directory: Path) -> Path:
     """The same architecture with the other decoding (random weights), saved as a checkpoint."""
     from vla.model.vla import VLA
 
-    config = type(model.config)(**{**model.config.__dict__, "decoding": decoding})
+    config = type(model.config)(**{**model.config.__dict__, "decoding": decoding,
+                                   "prefix_actions": model.config.prefix_actions if decoding == "parallel" else 0})
     torch.manual_seed(0)
     sibling = VLA(config, model.text_tokenizer_file, model.norm_stats, meta=model.meta).eval()
     return sibling.save_pretrained(directory / f"checkpoint-{decoding}")

@@ -145,11 +145,20 @@ def cmd_train(args) -> int:
 
 def _training_evaluator(config, out_dir: Path):
     def evaluate_checkpoint(checkpoint: Path, step: int) -> dict:
-        from vla.evaluation import evaluate
+        from vla.evaluation import evaluate, evaluate_suite
         from vla.policy import TorchPolicy
 
         policy = TorchPolicy(checkpoint)
         env_args = policy.metadata["env_args"]
+        suite_name = config.eval.suite or env_args.get("suite")
+        if suite_name:
+            from vla.suites import load_suite
+
+            result = evaluate_suite(policy, load_suite(suite_name), config.eval.episodes, seed=config.eval.seed,
+                                    workers=config.eval.workers, out_dir=out_dir / "eval" / f"step_{step:06d}",
+                                    videos=1, progress=False)
+            return {"success_rate": result["average_success_rate"],
+                    **{f"success_rate/{task}": row["success_rate"] for task, row in result["tasks"].items()}}
         result = evaluate(policy, env_args["env_name"], config.eval.episodes, seed=config.eval.seed,
                           env_kwargs=env_args.get("env_kwargs", {}), workers=config.eval.workers,
                           out_dir=out_dir / "eval" / f"step_{step:06d}", videos=1, progress=False)

@@ -41,7 +41,8 @@ class OptimConfig:
 @dataclass
 class EvalDuringTraining:
     every: int = 0  # evaluate in simulation every this many steps and at the end; 0 = never
-    episodes: int = 10
+    episodes: int = 10  # per task
+    suite: str | None = None  # evaluate every task of this suite (configs/suites/); None: the data's own task
     seed: int = 100_000
     workers: int = 1
     val_every: int = 100  # validation loss (with data.val_episodes) every this many steps and at the end
