@@ -36,10 +36,12 @@ class Expert(abc.ABC):
     def act(self, observation=None) -> np.ndarray:
         """The next action, from the environment's privileged state."""
 
-    def _move(self, goal: np.ndarray, gripper: float, speed: float = 1.0, straight: bool = True) -> np.ndarray:
+    def _move(self, goal: np.ndarray, gripper: float, speed: float = 1.0, straight: bool = True,
+              gain: float = 1.0) -> np.ndarray:
         """A step toward `goal`: along a straight line (all axes scaled together) or, with
-        `straight=False`, each axis clipped on its own (a proportional controller per axis)."""
-        delta = (goal - self.env.tcp) / self.env.max_step
+        `straight=False`, each axis clipped on its own (a proportional controller per axis). `gain` is
+        the share of the remaining distance covered per step once within reach (1: in one step)."""
+        delta = gain * (goal - self.env.tcp) / self.env.max_step
         if not straight:
             return np.append(np.clip(delta, -speed, speed), gripper).astype(np.float32)
         largest = np.abs(delta).max()
@@ -49,9 +51,16 @@ class Expert(abc.ABC):
 
 
 class ReachExpert(Expert):
+    """Closes half the remaining distance per step near the cube. A controller that closes all of it
+    (gain 1) is at the edge of stability, and a policy that imitates it oscillates around the cube as
+    soon as its actions arrive a tick late (measured: 88/100 under a 1.5-tick inference delay, against
+    100/100 without); at gain 0.5 a delay of up to about two ticks stays stable."""
+
+    GAIN = 0.5
+
     def act(self, observation=None) -> np.ndarray:
         goal = self.env.object_position(self.env.target) + np.array([0.0, 0.0, HOVER_HEIGHT])
-        return self._move(goal, OPEN, straight=False)
+        return self._move(goal, OPEN, straight=False, gain=self.GAIN)
 
 
 class PushExpert(Expert):

@@ -180,3 +180,23 @@ def test_a_quantized_checkpoint_refuses_a_changed_base(fixtures, tmp_path):
     save_file(weights, str(base / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match="changed since training"):
         VLA.from_pretrained(run / "policy")
+
+
+def test_the_prompt_is_built_with_the_backbones_own_tokenizer(fixtures, tmp_path):
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from policies.preprocess import PROMPT_TEMPLATE, PromptTokenizer
+    from vla.model.text import special_ids
+
+    _, llama, _ = fixtures
+    AutoTokenizer.from_pretrained(llama).backend_tokenizer.save(str(tmp_path / "tokenizer.json"))  # as training does
+    tokenizer = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    bos, pad = special_ids(tokenizer)
+    assert tokenizer.id_to_token(bos) == "<|begin_of_text|>" and tokenizer.id_to_token(pad) == "<|finetune_right_pad_id|>"
+    prompts = PromptTokenizer(tmp_path / "tokenizer.json", max_tokens=64, pad_id=pad)
+    unseen = "carefully nudge the violet teapot toward the windowsill"  # no word of it in any demonstration
+    ids, mask = prompts(unseen)
+    used = ids[mask.astype(bool)].tolist()
+    assert bos not in used  # the model puts <|begin_of_text|> in front of the image tokens itself
+    assert tokenizer.decode(used) == PROMPT_TEMPLATE.format(instruction=unseen)  # OpenVLA's prompt, no chat template

@@ -213,15 +213,18 @@ class DemoDataset(torch.utils.data.Dataset):
         self.chunk_valid = torch.from_numpy(valid)
         self.aux_target, self.aux_mask = _aux_targets(aux_loss, raw, actions, chunk_actions, valid)
         self.targets = raw.targets
+        self.instructions = raw.instructions
+        self.prompts = encoder.prompts
 
     def __len__(self) -> int:
         return len(self.episode)
 
     def batch(self, indices: torch.Tensor, shift: int = 0, offsets: torch.Tensor | None = None,
-              prefix_lengths: torch.Tensor | None = None) -> Batch:
+              prefix_lengths: torch.Tensor | None = None, noise_seeds: torch.Tensor | None = None) -> Batch:
         """Gather samples; with `shift > 0`, translate each image by `offsets - shift` pixels
         (offsets int [B, 2] in [0, 2 * shift], DrQ-style augmentation). `prefix_lengths` int [B]: give
-        each sample its first n actions as a committed prefix (training-time action conditioning)."""
+        each sample its first n actions as a committed prefix (training-time action conditioning).
+        `noise_seeds` int [B] (-1: none): perturb those samples' instructions (`noisy_instruction`)."""
         episodes, steps = self.episode[indices].numpy(), self.step[indices].numpy()
         images = {key: torch.from_numpy(self.frames.get(key, episodes, steps)) for key in self.frames.image_keys}
         if shift:
@@ -229,7 +232,14 @@ class DemoDataset(torch.utils.data.Dataset):
                 offsets = torch.randint(0, 2 * shift + 1, (len(indices), 2))
             images = {key: shift_images(frames, shift, offsets) for key, frames in images.items()}
         episodes = self.episode[indices]
-        prompt_ids, prompt_mask = trim_prompt_padding(self.prompt_ids[episodes], self.prompt_mask[episodes])
+        prompt_ids, prompt_mask = self.prompt_ids[episodes], self.prompt_mask[episodes]
+        if noise_seeds is not None and (noise_seeds >= 0).any():
+            prompt_ids, prompt_mask = prompt_ids.clone(), prompt_mask.clone()
+            for row, (episode, seed) in enumerate(zip(episodes.tolist(), noise_seeds.tolist())):
+                if seed >= 0:
+                    ids, mask = self.prompts(noisy_instruction(self.instructions[episode], seed))
+                    prompt_ids[row], prompt_mask[row] = torch.from_numpy(ids), torch.from_numpy(mask)
+        prompt_ids, prompt_mask = trim_prompt_padding(prompt_ids, prompt_mask)
         action_ids = self.action_ids[indices]
         prefix_ids = None
         if prefix_lengths is not None:
@@ -265,6 +275,25 @@ def _aux_targets(kind: str, raw: RawEpisodes, actions: ActionTokenizer, chunk_ac
         target = np.where(varies, (positions - positions.mean(0)) / np.where(varies, spread, 1.0), 0.0)
         mask = np.broadcast_to(varies, target.shape)
     return torch.from_numpy(target.astype(np.float32)), torch.from_numpy(mask.astype(np.float32))
+
+
+def noisy_instruction(instruction: str, seed: int, replace: float = 0.2, insert: int = 2) -> str:
+    """The instruction with some words replaced by, and a few more inserted as, random letter strings.
+
+    It teaches a policy that words it does not know carry nothing, so that a phrasing it never saw still
+    works through the words it does know (the object's colour, say). The strings are random: no word
+    list, and nothing that maps words to tasks.
+    """
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+
+    def junk() -> str:
+        return "".join(rng.choice(letters, int(rng.integers(3, 9))))
+
+    words = [junk() if rng.random() < replace else word for word in instruction.split()]
+    for _ in range(int(rng.integers(0, insert + 1))):
+        words.insert(int(rng.integers(0, len(words) + 1)), junk())
+    return " ".join(words)
 
 
 def shift_images(images: torch.Tensor, shift: int, offsets: torch.Tensor) -> torch.Tensor:

@@ -116,7 +116,12 @@ class StepBatches(torch.utils.data.Dataset):
             lengths = torch.randint(1, config.model.prefix_actions + 1, (config.batch_size,), generator=generator)
             given = torch.rand(config.batch_size, generator=generator) < config.data.prefix_probability
             prefixes = torch.where(given, lengths, 0)
-        return indices, [self.dataset.batch(indices[m], shift, offsets[m], None if prefixes is None else prefixes[m])
+        noise = None
+        if config.data.instruction_noise:
+            noisy = torch.rand(config.batch_size, generator=generator) < config.data.instruction_noise
+            noise = torch.where(noisy, torch.randint(0, 2**31 - 1, (config.batch_size,), generator=generator), -1)
+        return indices, [self.dataset.batch(indices[m], shift, offsets[m], None if prefixes is None else prefixes[m],
+                                            None if noise is None else noise[m])
                          for m in self.micro_batches]
 
 
