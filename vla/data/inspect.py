@@ -44,7 +44,7 @@ def format_summary(summary: dict) -> str:
         f"episodes      {summary['episodes']} ({summary['successes']} successful)",
         f"steps         {summary['steps']}",
         "observations  " + ", ".join(f"{k} {v}" for k, v in summary["observations"].items()),
-        f"env           {summary['env_args'].get('env_name', '?')} {summary['env_args'].get('env_kwargs', {})}",
+        f"env           {_source(summary['env_args'])} {summary['env_args'].get('env_kwargs', {})}",
         "tasks         " + ", ".join(f"{k} ({v})" for k, v in summary["tasks"].items()),
         "targets       " + ", ".join(f"{k} ({v})" for k, v in sorted(summary["targets"].items())),
         f"instructions  {len(summary['instructions'])} distinct",
@@ -94,3 +94,14 @@ def episode_video(path: str | Path, episode: int, out: str | Path) -> Path:
         raise DatasetError(f"{path}: episode {episode} has no image observations")
     frames = np.concatenate(images, axis=2)  # cameras side by side
     return write_video(frames, out, fps=float(ep.attrs.get("fps", 10)), caption=ep.attrs.get("instruction", ""))
+
+
+def _source(env_args: dict) -> str:
+    """Where the episodes came from: an environment, a suite of them, or outside data (an import)."""
+    if env_args.get("env_name"):
+        return env_args["env_name"]
+    if env_args.get("suite"):
+        return f"suite {env_args['suite']}"
+    if env_args.get("source"):
+        return f"{env_args['source']} import of {env_args.get('root', '?')}"
+    return "?"

@@ -297,6 +297,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
     window = {"loss": 0.0, "accuracy": 0.0, "n": 0}
     window_start = time.perf_counter()
     train_start = time.perf_counter()
+    eval_seconds = 0.0  # simulation evaluation during training, reported apart
     samples_done = 0
     last = {}
     weights = None  # the last checkpoint's gathered weights: the final step always checkpoints
@@ -332,7 +333,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
                 "l1": _decoded_l1(unwrapped, dataset, batch, out["predicted_ids"], indices[micro_batches[-1]]),
                 "lr": scheduler.get_last_lr()[0],
                 "samples_per_s": window["n"] * config.batch_size / max(elapsed, 1e-9),
-                "elapsed_s": time.perf_counter() - train_start,
+                "elapsed_s": time.perf_counter() - train_start - eval_seconds,  # training time, evaluations apart
             }
             if validate is not None and (done % config.eval.val_every == 0 or done == config.steps):
                 row.update(validate(model))
@@ -358,7 +359,10 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
                 }
                 checkpoint = save_checkpoint(out_dir, done, unwrapped, weights, state, config.keep_checkpoints)
                 if evaluate_fn and config.eval.every and (done % config.eval.every == 0 or final):
+                    eval_start = time.perf_counter()
                     result = evaluate_fn(checkpoint, done)
+                    eval_seconds += time.perf_counter() - eval_start
+                    window_start += time.perf_counter() - eval_start  # the throughput window counts training only
                     _log({"step": done, **{f"eval_{k}": v for k, v in result.items()}}, metrics_path, writer, None)
                     model.train()
             accelerator.wait_for_everyone()
@@ -366,9 +370,9 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
             bar.close()
             return {"stopped_at": done}
     bar.close()
-    wall = time.perf_counter() - train_start
+    wall = time.perf_counter() - train_start - eval_seconds
     summary = {**last, "steps": config.steps, "resumed_from": start_step, "processes": world, "train_wall_s": wall,
-               "mean_samples_per_s": samples_done / max(wall, 1e-9)}
+               "eval_wall_s": eval_seconds, "mean_samples_per_s": samples_done / max(wall, 1e-9)}
     if weights is None:  # resumed a finished run: no step ran
         weights, _ = gather_full_state(model, optimizer)
     if main:
