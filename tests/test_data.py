@@ -6,11 +6,13 @@ import time
 
 import h5py
 import numpy as np
+import pytest
 
 from vla.cli import main
 from vla.data.collect import collect
 from vla.data.inspect import dataset_summary
 from vla.data.store import EpisodeReader, dimension_stats
+from vla.errors import DatasetError
 
 
 def test_collect_writes_robomimic_layout(tmp_path):
@@ -48,6 +50,21 @@ def test_append_continues_after_the_last_seed(tmp_path):
     with EpisodeReader(out) as reader:
         seeds = [reader.attrs(i)["seed"] for i in range(len(reader))]
     assert len(seeds) == 4 and len(set(seeds)) == 4
+
+
+def test_a_colour_held_out_of_all_targets_is_never_named(tmp_path):
+    out = tmp_path / "lift.hdf5"
+    collect("sims/Lift-v0", episodes=6, out=out, seed=0, all_targets=True, targets=["red", "green"], progress=False)
+    with EpisodeReader(out) as reader:
+        named = {reader.attrs(i)["target"] for i in range(len(reader))}
+        instructions = [reader.attrs(i)["instruction"] for i in range(len(reader))]
+    assert named == {"red", "green"}
+    assert not any("blue" in text for text in instructions)
+    with pytest.raises(DatasetError, match="purple"):
+        collect("sims/Lift-v0", episodes=1, out=tmp_path / "x.hdf5", all_targets=True, targets=["purple"],
+                progress=False)
+    with pytest.raises(DatasetError, match="--all-targets"):
+        collect("sims/Lift-v0", episodes=1, out=tmp_path / "y.hdf5", targets=["red"], progress=False)
 
 
 def test_stats_and_info(tmp_path):

@@ -66,6 +66,7 @@ def cmd_collect(args) -> int:
         env_kwargs=_parse_env_kwargs(args.env_kw),
         append=args.append,
         all_targets=args.all_targets,
+        targets=args.targets,
     )
     print(
         f"wrote {summary['episodes_written']} episodes to {summary['out']} "
@@ -271,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise on executed actions (DART)")
     p.add_argument("--keep-failures", action="store_true")
+    p.add_argument("--targets", nargs="+", default=None, metavar="COLOUR",
+                   help="with --all-targets: only these objects are named (hold a colour out of a task's data)")
     p.add_argument("--all-targets", action="store_true",
                    help="demonstrate every layout once per object, each instruction naming another one")
     p.add_argument("--env-kw", action="append", metavar="KEY=VALUE", help="environment keyword argument")

@@ -108,12 +108,14 @@ def collect(
     progress: bool = True,
     max_attempts_factor: int = 4,
     all_targets: bool = False,
+    targets: list[str] | None = None,
 ) -> dict:
     """Write `episodes` expert episodes to `out`; returns a summary dict.
 
     With `all_targets`, every layout (seed) is demonstrated once per object, each episode's
     instruction naming a different one: the same first image with different instructions and
-    different actions, which teaches a policy to read the instruction.
+    different actions, which teaches a policy to read the instruction. `targets` limits the objects
+    named to these colours (a colour held out of a task's demonstrations, for a generalization test).
     """
     import sims
 
@@ -124,7 +126,13 @@ def collect(
     env_args = {"env_name": env_id, "env_kwargs": job.env_kwargs, "noise": noise}
     written = failures = attempts = 0
     outcomes: list[tuple[int, bool]] = []  # (seed, expert succeeded), in seed order
-    targets = _object_colors(env_id, job.env_kwargs) if all_targets else []
+    if targets is not None and not all_targets:
+        raise DatasetError("targets (--targets) goes with --all-targets")
+    colors = _object_colors(env_id, job.env_kwargs) if all_targets else []
+    unknown = sorted(set(targets or []) - set(colors))
+    if unknown:
+        raise DatasetError(f"--targets {unknown}: the scene's objects are {colors}")
+    targets = [c for c in colors if targets is None or c in targets]
     env, _ = _make(job)
     action_space = {"names": env.unwrapped.metadata.get("action_names"), "hold": env.unwrapped.metadata.get("action_hold")}
     with EpisodeWriter(out, env_args=env_args, append=append, action_space=action_space) as writer:
