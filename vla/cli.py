@@ -351,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", help="ws://host:port of a policy server")
     p.add_argument("--api-key", default=None)
     p.add_argument("--sim", required=True, help="environment id, e.g. sims/Reach-v0")
-    p.add_argument("--rate", type=float, default=10.0, help="control rate in Hz")
+    p.add_argument("--rate", type=float, default=None,
+                   help="control rate in Hz (default: the policy's control_hz, the demonstrations' rate)")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=200_000)
     p.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True,

@@ -15,12 +15,13 @@ from policies.sim_robot import SimRobot
 from vla.evaluation import summarize
 
 
-def deploy(env_id: str, rate_hz: float, episodes: int, seed: int = 200_000, policy_path: str | None = None,
+def deploy(env_id: str, rate_hz: float | None, episodes: int, seed: int = 200_000, policy_path: str | None = None,
            server: str | None = None, api_key: str | None = None, realtime: bool = True, execute: int | None = None,
            chunk_mode: str = "receding", device: str = "auto", max_delta: float | list[float] | None = None,
            out: str | Path | None = None, policy=None, lead_ticks: int | None = None, env_kwargs: dict | None = None,
            rephrase=None) -> dict:
     """Run `episodes` episodes through ControlLoop; returns success, latency and loop statistics.
+    `rate_hz` None: the policy's `control_hz`.
 
     `lead_ticks` overrides the loop's pipelining (0: ask for the next chunk only when the current one is
     used up); `rephrase(instruction, target, episode) -> instruction` replaces each episode's instruction
@@ -38,6 +39,7 @@ def deploy(env_id: str, rate_hz: float, episodes: int, seed: int = 200_000, poli
 
             policy = load_policy(policy_path, device=device)
     meta = policy.metadata
+    rate_hz = rate_hz or float(meta.get("control_hz") or 10.0)
     env_args = meta.get("env_args", {})
     kwargs = dict(env_args.get("env_kwargs", {})) if env_args.get("env_name") == env_id else {}
     env = gym.make(env_id, **{**kwargs, **(env_kwargs or {})})
