@@ -1,15 +1,17 @@
 """Success with the demonstrations' phrasings against phrasings they never used.
 
-    python benchmarks/phrasings.py POLICY_DIR [--episodes 50] [--seed 300000]
+    python benchmarks/phrasings.py POLICY_DIR [--suite builtin] [--episodes 50] [--seed 300000] [--workers 2]
 
-POLICY_DIR is a checkpoint or an export; the task is the one its training data came from. Both rows
-run the same seeds (the same scenes, the same named cube); only the instruction differs. The held-out
-phrasings are in tests/heldout_phrasings.py, which no demonstration or recipe reads.
+POLICY_DIR is a checkpoint or an export. Without --suite the task is the one its training data came from;
+with it, every task of the suite (a multi-task policy). For each task both rows run the same seeds (the same
+scenes, the same named cube); only the instruction differs. The held-out phrasings are in
+tests/heldout_phrasings.py, which no demonstration, recipe or normalization table reads.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -20,9 +22,11 @@ from heldout_phrasings import HELDOUT_PHRASINGS, heldout_rephraser  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("policy")
-    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--suite", default=None, help="evaluate every task of this suite (configs/suites/)")
+    parser.add_argument("--episodes", type=int, default=50, help="per task and phrasing set")
     parser.add_argument("--seed", type=int, default=300_000)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
 
     import sims
@@ -30,21 +34,33 @@ def main() -> int:
     from vla.policy import load_policy
 
     policy = load_policy(args.policy, device="cpu")
-    env_args = policy.metadata.get("env_args", {})
-    env_id, env_kwargs = env_args["env_name"], dict(env_args.get("env_kwargs", {}))
-    task = sims.ENV_SPECS[env_id]["task"]
-    print(f"{env_id} {env_kwargs}, {args.episodes} episodes from seed {args.seed}\n")
-    print("| phrasings | success | 95% CI | examples |")
-    print("|---|---|---|---|")
-    for name, rephrase, examples in (
-        ("demonstrated (sims/tasks.py)", None, sims.TASKS[task].phrasings),
-        ("held out (tests/heldout_phrasings.py)", heldout_rephraser(task), HELDOUT_PHRASINGS[task]),
-    ):
-        result = evaluate(policy, env_id, args.episodes, seed=args.seed, env_kwargs=env_kwargs, workers=args.workers,
-                          videos=0, progress=False, rephrase=rephrase)
-        low, high = result["ci95"]
-        print(f"| {name} | {result['successes']}/{result['num_episodes']} | {100 * low:.0f}-{100 * high:.0f}% | "
-              f"{'; '.join(e.format(color='red') for e in examples[:2])} |")
+    if args.suite:
+        from vla.suites import load_suite
+
+        suite = load_suite(args.suite)
+        env_ids, env_kwargs = suite.tasks, dict(suite.env_kwargs)
+    else:
+        env_args = policy.metadata.get("env_args", {})
+        env_ids, env_kwargs = [env_args["env_name"]], dict(env_args.get("env_kwargs", {}))
+    print(f"{', '.join(env_ids)} {env_kwargs}, {args.episodes} episodes per row from seed {args.seed}\n")
+    print("| task | phrasings | success | 95% CI | examples |")
+    print("|---|---|---|---|---|")
+    rows = []
+    for env_id in env_ids:
+        task = sims.ENV_SPECS[env_id]["task"]
+        for name, rephrase, examples in (
+            ("demonstrated (sims/tasks.py)", None, sims.TASKS[task].phrasings),
+            ("held out (tests/heldout_phrasings.py)", heldout_rephraser(task), HELDOUT_PHRASINGS[task]),
+        ):
+            result = evaluate(policy, env_id, args.episodes, seed=args.seed, env_kwargs=env_kwargs,
+                              workers=args.workers, videos=0, progress=False, rephrase=rephrase)
+            low, high = result["ci95"]
+            rows.append({"task": env_id, "phrasings": name.split(" (")[0], "successes": result["successes"],
+                         "episodes": result["num_episodes"], "ci95": [low, high]})
+            print(f"| {env_id} | {name} | {result['successes']}/{result['num_episodes']} | {100 * low:.0f}-{100 * high:.0f}% "
+                  f"| {'; '.join(e.format(color='red') for e in examples[:2])} |", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
     return 0
 
 

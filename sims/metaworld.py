@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import gymnasium as gym
 import mujoco
 import numpy as np
@@ -168,6 +170,8 @@ class MetaWorldExpert:
     def __init__(self, env):
         from metaworld.policies import ENV_POLICY_MAP
 
+        # The experts warn on every step whose raw response exceeds [-1, 1]; act() clips it, as the env would.
+        warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", category=UserWarning)
         self.env: MetaWorldEnv = env.unwrapped
         self.policy = ENV_POLICY_MAP[self.env.task]()
 

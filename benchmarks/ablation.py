@@ -1,0 +1,126 @@
+"""Levers of the CPU recipe, measured one at a time on a proxy task with the same wall-clock budget per arm.
+
+    python benchmarks/ablation.py [--task sims/Push-v0] [--minutes 10] [--demos 1200] [--episodes 50]
+                                  [--arms base,execute2,wrist,...] [--out runs/ablation]
+
+Every arm starts from the demo recipe (configs/train/demo.yaml: tiny preset, 64 px, chunks of 4, the
+auxiliary target head, DART noise 0.2, all-targets demonstrations at random layouts) and changes one thing.
+Its number of steps is set from a short throughput probe so that training takes `--minutes` (so a lever that
+slows training pays for it), the cosine schedule runs to its end, and the policy is evaluated on the same
+held-out seeds as every other arm. Demonstrations are collected once per data setting and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Arm:
+    does: str
+    env: dict = field(default_factory=dict)  # environment settings of the data and the evaluation
+    train: list[str] = field(default_factory=list)  # recipe overrides
+    noise: float = 0.2
+    demos: float = 1.0  # times --demos
+    execute: int | None = None  # actions run per chunk at evaluation (None: all)
+    reuse: str | None = None  # evaluate this arm's checkpoint instead of training
+
+
+ARMS = {
+    "base": Arm("the demo recipe"),
+    "execute2": Arm("run 2 of each chunk's 4 actions", execute=2, reuse="base"),
+    "wrist": Arm("+ the wrist camera", env={"wrist_camera": True}, train=["model.image_keys=[image,wrist_image]"]),
+    "96px": Arm("96 px images (36 tokens)", env={"image_size": 96}, train=["model.vision.image_size=96"]),
+    "patch8": Arm("8 px patches (64 tokens)", train=["model.vision.patch_size=8"]),
+    "chunk8": Arm("chunks of 8 actions", train=["model.chunk_size=8"]),
+    "dart0": Arm("no DART noise", noise=0.0),
+    "no_aux": Arm("no auxiliary target head", train=["model.aux_loss=none"]),
+    "demos2x": Arm("twice the demonstrations", demos=2.0),
+    "wide": Arm("a backbone twice as wide (256)",
+                train=["model.backbone.hidden_size=256", "model.backbone.intermediate_size=768"]),
+    "noise_words": Arm("instruction noise on half the samples", train=["data.instruction_noise=0.5"]),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="sims/Push-v0")
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--demos", type=int, default=1200)
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=500_000)
+    parser.add_argument("--arms", default="base,execute2,wrist,96px,patch8,chunk8,no_aux,dart0,demos2x,wide")
+    parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    args = parser.parse_args()
+
+    from vla.data.collect import collect
+    from vla.evaluation import evaluate
+    from vla.policy import TorchPolicy
+    from vla.training.config import load_train_config
+    from vla.training.loop import train
+
+    names = args.arms.split(",")
+    unknown = [n for n in names if n not in ARMS]
+    if unknown:
+        print(f"unknown arms {unknown}; known: {', '.join(ARMS)}", file=sys.stderr)
+        return 2
+    results = {}
+    results_path = args.out / f"{args.task.replace('/', '_')}.json"
+    if results_path.exists():
+        results = json.loads(results_path.read_text())
+    for name in names:
+        arm = ARMS[name]
+        if name in results:
+            continue
+        env = {"image_size": 64, "layout": "random", **arm.env}
+        source = ARMS[arm.reuse] if arm.reuse else arm
+        data_env = {"image_size": 64, "layout": "random", **source.env}
+        demos = int(args.demos * source.demos)
+        key = "_".join([args.task.replace("/", "_"), *(f"{k}={v}" for k, v in sorted(data_env.items())),
+                        f"noise={source.noise}", f"n={demos}"])
+        data = args.out / "data" / f"{key}.hdf5"
+        if not data.exists():
+            data.parent.mkdir(parents=True, exist_ok=True)
+            partial = data.with_suffix(".partial.hdf5")
+            partial.unlink(missing_ok=True)
+            collect(args.task, episodes=demos, out=partial, seed=0, workers=2, noise=source.noise,
+                    env_kwargs=data_env, all_targets=True, progress=False)
+            partial.replace(data)
+        run = args.out / (arm.reuse or name)
+        if not (run / "train" / "policy").exists():
+            overrides = [f"data.paths=[{data}]", *source.train]
+            probe = train(load_train_config("demo", overrides + ["steps=40", "log_every=20", "checkpoint_every=40"]),
+                          run / "probe", progress=False)
+            steps = max(100, int(args.minutes * 60 * probe["mean_samples_per_s"] / 64))
+            train(load_train_config("demo", overrides + [f"steps={steps}", "checkpoint_every=100000"]), run / "train",
+                  progress=False)
+        summary = json.loads((run / "train" / "train_summary.json").read_text())
+        started = time.perf_counter()
+        result = evaluate(TorchPolicy(run / "train" / "policy", device="cpu"), args.task, args.episodes, seed=args.seed,
+                          env_kwargs=env, workers=2, execute=arm.execute, videos=0, progress=False)
+        results[name] = {"does": arm.does, "steps": summary["steps"], "samples_per_s": summary["mean_samples_per_s"],
+                         "train_minutes": summary["train_wall_s"] / 60, "successes": result["successes"],
+                         "episodes": result["num_episodes"], "ci95": result["ci95"],
+                         "eval_minutes": (time.perf_counter() - started) / 60}
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=2))
+        print(f"{name}: {result['successes']}/{result['num_episodes']}", flush=True)
+    print(f"\n{args.task}, {args.minutes:g} minutes of training per arm, {args.episodes} held-out episodes "
+          f"(seeds from {args.seed}), {args.demos} demonstrations unless noted\n")
+    print("| arm | changes | steps | samples/s | train min | success | 95% CI |")
+    print("|---|---|---|---|---|---|---|")
+    for name in names:
+        row = results[name]
+        low, high = row["ci95"]
+        print(f"| {name} | {row['does']} | {row['steps']} | {row['samples_per_s']:.0f} | {row['train_minutes']:.1f} | "
+              f"{row['successes']}/{row['episodes']} | {100 * low:.0f}-{100 * high:.0f}% |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
