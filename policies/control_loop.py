@@ -18,7 +18,9 @@ is still blocked. Any exception stops the robot; KeyboardInterrupt and other Bas
 and are raised again.
 
 Before the first tick the policy answers `warmup` untimed calls (CUDA or TensorRT start-up, caches),
-which count neither as missed deadlines nor against the watchdog.
+which count neither as missed deadlines nor against the watchdog's tick budget; a warm-up call that has not
+answered after `warmup_timeout_s` stops the robot. The observation the warm-up reads is watched like any
+other driver call.
 
 An observation may carry a "timestamp" (seconds on the loop's clock, `time.monotonic` by default);
 one older than `max_observation_age_s` counts as stale.
@@ -126,6 +128,7 @@ class ControlLoop:
         max_observation_age_s: float | None = None,
         realtime: bool = True,
         warmup: int = 2,
+        warmup_timeout_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ):
@@ -150,6 +153,7 @@ class ControlLoop:
         self.max_observation_age_s = max_observation_age_s if max_observation_age_s is not None else 2 * self.period
         self.realtime = realtime
         self.warmup = warmup
+        self.warmup_timeout_s = warmup_timeout_s
         self.clock = clock
         self.sleep = sleep
         self._latencies: deque[float] = deque(maxlen=8)
@@ -177,12 +181,12 @@ class ControlLoop:
         self._stopped = False
         watchdog = None
         try:
-            if not self._warm:
-                self._warm_up(report)
-            report.lead_ticks = lead = self._lead()
             if self.realtime:
                 watchdog = Watchdog(self.watchdog_ticks * self.period, lambda why: self._safe_stop(report, why),
                                     clock=self.clock).start()
+            if not self._warm:
+                self._warm_up(report, watchdog)
+            report.lead_ticks = lead = self._lead()
             self._ticks(report, lead, watchdog, max_steps, until)
             report.stop_reason = report.stop_reason or ("done" if until and until() else "max steps")
         except _Stopped:
@@ -210,15 +214,7 @@ class ControlLoop:
         tick = 0
 
         def driver(name: str, call, *args):
-            if self._stopped:  # the watchdog stopped the robot since the last call: send nothing more
-                raise _Stopped
-            if watchdog is not None:
-                watchdog.activity(name)
-            result = call(*args)
-            if self._stopped:  # stopped while this call ran (it may have moved the robot): stop again
-                self._stop_robot()
-                raise _Stopped
-            return result
+            return self._driver(watchdog, name, call, *args)
 
         def collect(timeout: float | None) -> None:
             nonlocal pending
@@ -297,17 +293,43 @@ class ControlLoop:
                     next_tick = self.clock()  # behind: start the next tick now instead of bursting
 
     # ------------------------------------------------------------------ pieces
-    def _warm_up(self, report: LoopReport) -> None:
-        """Untimed inferences before the first tick; the last one's latency seeds the lead estimate."""
+    def _driver(self, watchdog: Watchdog | None, name: str, call, *args):
+        """A call into the robot's driver, named for the watchdog."""
+        if self._stopped:  # the watchdog stopped the robot since the last call: send nothing more
+            raise _Stopped
+        if watchdog is not None:
+            watchdog.activity(name)
+        result = call(*args)
+        if self._stopped:  # stopped while this call ran (it may have moved the robot): stop again
+            self._stop_robot()
+            raise _Stopped
+        return result
+
+    def _warm_up(self, report: LoopReport, watchdog: Watchdog | None) -> None:
+        """Untimed inferences before the first tick; the last one's latency seeds the lead estimate.
+        The watchdog is kept fed while the policy works, up to `warmup_timeout_s` per call."""
         if self.warmup <= 0:
             self._warm = True
             return
-        request = dict(self.robot.get_observation())
+        if watchdog is not None:
+            watchdog.kick("warm-up")
+        request = dict(self._driver(watchdog, "robot.get_observation() (warm-up)", self.robot.get_observation))
         if self.prompt is not None:
             request["prompt"] = self.prompt
         for _ in range(self.warmup):
             started = self.clock()
-            chunk = np.asarray(self.policy.act(request), np.float32)
+            answer = _run_in_thread(self.policy.act, request)
+            while True:
+                try:
+                    chunk = np.asarray(answer.result(timeout=self.period), np.float32)
+                    break
+                except concurrent.futures.TimeoutError:
+                    if self.clock() - started > self.warmup_timeout_s:
+                        raise UnsafeAction(f"warm-up: the policy did not answer within {self.warmup_timeout_s:g} s")
+                    if self._stopped:
+                        raise _Stopped from None
+                    if watchdog is not None:
+                        watchdog.kick("policy warm-up")
             report.warmup_ms.append(1000 * (self.clock() - started))
             if chunk.ndim != 2 or chunk.shape[1:] != self.safety.low.shape:
                 raise UnsafeAction(f"warm-up: the policy answered a {list(chunk.shape)} chunk, "

@@ -129,6 +129,7 @@ class Scenario:
     robot: dict = field(default_factory=dict)
     policy: dict = field(default_factory=dict)
     raises: type | None = None
+    loop: dict = field(default_factory=dict)  # ControlLoop settings of the scenario
 
 
 SCENARIOS = [
@@ -147,6 +148,11 @@ SCENARIOS = [
     Scenario("policy raises", "stop(), the error is the stop reason", "model exploded", policy={"fail_after": 3}),
     Scenario("policy never answers", "holds, then stop() after the watchdog's ticks", "policy late",
              policy={"hang_after": 3}),
+    Scenario("get_observation() hangs at start", "the warm-up's observation is watched: stop() while it is blocked",
+             "robot.get_observation() (warm-up)", robot={"fault": "observe_hangs", "at": 1}),
+    Scenario("the first inference never answers", "stop() after the warm-up timeout (300 s by default, 0.05 s "
+             "here); nothing was sent", "did not answer within", policy={"hang_after": 0},
+             loop={"warmup_timeout_s": 0.05}),
     Scenario("observation goes stale", "holds (no inference on a stale frame), then stop()", "stale observation",
              robot={"fault": "stale"}),
     Scenario("Ctrl-C in a driver call", "stop(), then KeyboardInterrupt is raised again", "interrupted",
@@ -159,7 +165,7 @@ def run_scenario(scenario: Scenario):
     from policies.control_loop import ControlLoop
 
     robot, policy = FaultyRobot(**scenario.robot), FakePolicy(**scenario.policy)
-    loop = ControlLoop(policy, robot, rate_hz=RATE_HZ, watchdog_ticks=WATCHDOG_TICKS, execute=2)
+    loop = ControlLoop(policy, robot, rate_hz=RATE_HZ, watchdog_ticks=WATCHDOG_TICKS, execute=2, **scenario.loop)
     report = None
     try:
         report = loop.run(max_steps=100)
