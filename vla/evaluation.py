@@ -172,7 +172,8 @@ def evaluate_suite(policy, suite, episodes: int, seed: int = DEFAULT_EVAL_SEED, 
                    out_dir: str | Path | None = None, videos: int = 2, progress: bool = True, rephrase=None) -> dict:
     """Every task of a `vla.suites.Suite` on the same seeds; one summary:
 
-        tasks: {env id: {success_rate, ci95, successes, num_episodes, mean_steps, seeds: [first, last]}},
+        tasks: {env id: {success_rate, ci95, successes, num_episodes, mean_steps, seeds: [first, last],
+                         per_target (where the instruction names one of several objects)}},
         average_success_rate, difficulty: {bucket: mean success}, reference (the suite's published figures).
     Each task's own eval.json and videos go to OUT/<task>/.
     """
@@ -185,6 +186,8 @@ def evaluate_suite(policy, suite, episodes: int, seed: int = DEFAULT_EVAL_SEED, 
                           rephrase=rephrase(env_id) if rephrase else None)
         tasks[env_id] = {k: result[k] for k in ("success_rate", "ci95", "successes", "num_episodes", "mean_steps")}
         tasks[env_id]["seeds"] = [seed, seed + episodes - 1]
+        if len(result["per_target"]) > 1:  # tasks whose instruction names one of several objects
+            tasks[env_id]["per_target"] = result["per_target"]
         details[env_id] = result
     rates = [t["success_rate"] for t in tasks.values()]
     summary = {
@@ -210,8 +213,9 @@ def format_suite(summary: dict) -> str:
     lines = [f"{summary['suite']}: average success {summary['average_success_rate']:.1%}"]
     for env_id, row in summary["tasks"].items():
         low, high = row["ci95"]
+        targets = ", ".join(f"{t} {r['successes']}/{r['episodes']}" for t, r in row.get("per_target", {}).items())
         lines.append(f"  {env_id:34s} {row['successes']:3d}/{row['num_episodes']:<3d} {row['success_rate']:6.1%} "
-                     f"(95% CI {low:.0%}-{high:.0%}), {row['mean_steps']:.0f} steps")
+                     f"(95% CI {low:.0%}-{high:.0%}), {row['mean_steps']:.0f} steps" + (f"; {targets}" if targets else ""))
     for bucket, rate in summary["difficulty"].items():
         lines.append(f"  {bucket:8s} {rate:.1%}")
     return "\n".join(lines)

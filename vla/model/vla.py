@@ -16,6 +16,7 @@ Decoding:
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, LlamaModel
 
 from policies.actions import ActionTokenizer
 from vla.errors import CheckpointError
@@ -39,6 +40,8 @@ from vla.model.text import special_ids
 from vla.model.vision import VisionTower
 
 IGNORE_INDEX = -100
+# transformers 5.x renamed LlamaModel.forward's `past_key_values` to `cache` (the old name warns on every call).
+_CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 
 
 class FilmInputNorm(nn.Module):
@@ -413,7 +416,7 @@ class VLA(nn.Module):
                 inputs_embeds=embeds,
                 attention_mask=mask4d,
                 position_ids=position_ids,
-                past_key_values=cache,
+                **{_CACHE_ARGUMENT: cache},
                 use_cache=cache is not None,
             )
         finally:
