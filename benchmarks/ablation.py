@@ -19,6 +19,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from heldout_phrasings import heldout_rephraser  # noqa: E402
+
 
 @dataclass
 class Arm:
@@ -29,12 +32,16 @@ class Arm:
     demos: float = 1.0  # times --demos
     execute: int | None = None  # actions run per chunk at evaluation (None: all)
     reuse: str | None = None  # evaluate this arm's checkpoint instead of training
+    heldout: bool = False  # also evaluate phrasings no demonstration used (tests/heldout_phrasings.py)
 
 
 ARMS = {
-    "base": Arm("the demo recipe"),
+    "base": Arm("the demo recipe", heldout=True),
     "execute2": Arm("run 2 of each chunk's 4 actions", execute=2, reuse="base"),
-    "wrist": Arm("+ the wrist camera", env={"wrist_camera": True}, train=["model.image_keys=[image,wrist_image]"]),
+    "wrist": Arm("+ the wrist camera (one ViT for both)", env={"wrist_camera": True},
+                 train=["model.image_keys=[image,wrist_image]"]),
+    "wrist_towers": Arm("+ the wrist camera, a ViT of its own", env={"wrist_camera": True},
+                        train=["model.image_keys=[image,wrist_image]", "model.vision_per_camera=true"]),
     "96px": Arm("96 px images (36 tokens)", env={"image_size": 96}, train=["model.vision.image_size=96"]),
     "patch8": Arm("8 px patches (64 tokens)", train=["model.vision.patch_size=8"]),
     "chunk8": Arm("chunks of 8 actions", train=["model.chunk_size=8"]),
@@ -43,7 +50,7 @@ ARMS = {
     "demos2x": Arm("twice the demonstrations", demos=2.0),
     "wide": Arm("a backbone twice as wide (256)",
                 train=["model.backbone.hidden_size=256", "model.backbone.intermediate_size=768"]),
-    "noise_words": Arm("instruction noise on half the samples", train=["data.instruction_noise=0.5"]),
+    "noise_words": Arm("instruction noise on half the samples", train=["data.instruction_noise=0.5"], heldout=True),
 }
 
 
@@ -54,7 +61,7 @@ def main() -> int:
     parser.add_argument("--demos", type=int, default=1200)
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--seed", type=int, default=500_000)
-    parser.add_argument("--arms", default="base,execute2,wrist,96px,patch8,chunk8,no_aux,dart0,demos2x,wide")
+    parser.add_argument("--arms", default="base,execute2,wrist,96px,patch8,chunk8,no_aux,dart0,demos2x,wide,noise_words")
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     args = parser.parse_args()
 
@@ -107,18 +114,27 @@ def main() -> int:
                          "train_minutes": summary["train_wall_s"] / 60, "successes": result["successes"],
                          "episodes": result["num_episodes"], "ci95": result["ci95"],
                          "eval_minutes": (time.perf_counter() - started) / 60}
+        if arm.heldout:
+            import sims
+
+            rephrase = heldout_rephraser(sims.ENV_SPECS[args.task]["task"])
+            heldout = evaluate(TorchPolicy(run / "train" / "policy", device="cpu"), args.task, args.episodes,
+                               seed=args.seed, env_kwargs=env, workers=2, execute=arm.execute, videos=0, progress=False,
+                               rephrase=rephrase)
+            results[name]["heldout_successes"] = heldout["successes"]
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=2))
         print(f"{name}: {result['successes']}/{result['num_episodes']}", flush=True)
     print(f"\n{args.task}, {args.minutes:g} minutes of training per arm, {args.episodes} held-out episodes "
           f"(seeds from {args.seed}), {args.demos} demonstrations unless noted\n")
-    print("| arm | changes | steps | samples/s | train min | success | 95% CI |")
-    print("|---|---|---|---|---|---|---|")
+    print("| arm | changes | steps | samples/s | train min | success | 95% CI | held-out phrasings |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in names:
         row = results[name]
         low, high = row["ci95"]
+        heldout = f"{row['heldout_successes']}/{row['episodes']}" if "heldout_successes" in row else ""
         print(f"| {name} | {row['does']} | {row['steps']} | {row['samples_per_s']:.0f} | {row['train_minutes']:.1f} | "
-              f"{row['successes']}/{row['episodes']} | {100 * low:.0f}-{100 * high:.0f}% |")
+              f"{row['successes']}/{row['episodes']} | {100 * low:.0f}-{100 * high:.0f}% | {heldout} |")
     return 0
 
 

@@ -336,3 +336,24 @@ def test_prefix_actions_needs_parallel_decoding_and_room_in_the_chunk(tmp_path):
     batch.prefix_ids = torch.full((1, plain.config.action_tokens), -1)
     with pytest.raises(ValueError, match="not trained with an action prefix"):
         plain.predict_action_ids(batch)
+
+
+@pytest.mark.parametrize("per_camera", [False, True])
+def test_two_cameras_share_a_vit_or_have_one_each_and_round_trip(tmp_path, per_camera):
+    from vla.export import export
+
+    model = make_model(tmp_path, image_keys=["image", "wrist_image"], vision_per_camera=per_camera)
+    (tmp_path / "one").mkdir()
+    one = make_model(tmp_path / "one", image_keys=["image"])
+    vit = sum(p.numel() for p in one.vision.encoders.parameters())
+    assert sum(p.numel() for p in model.vision.encoders.parameters()) == vit * (2 if per_camera else 1)
+    sharpen(model, 5.0)
+    rng = np.random.default_rng(0)
+    obs = [{**observation(i), "wrist_image": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)} for i in range(3)]
+    tokens = model.encode_images(model.prepare(obs))
+    assert tokens.shape == (3, 2 * model.vision.num_tokens, model.config.backbone.hidden_size)
+    before = model.predict_action(obs)
+    model.save_pretrained(tmp_path / "ckpt")
+    np.testing.assert_array_equal(before, VLA.from_pretrained(tmp_path / "ckpt").predict_action(obs))
+    meta = export(tmp_path / "ckpt", tmp_path / "onnx", parity_inputs=8)
+    assert meta["parity"]["mismatched_tokens"] == 0 and meta["image_keys"] == ["image", "wrist_image"]

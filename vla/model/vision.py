@@ -195,31 +195,35 @@ class VisionEncoder(nn.Module):
 
 
 class VisionTower(nn.Module):
-    """One or two encoders fused channel-wise, then the projector into the backbone's width.
+    """One or two encoders fused channel-wise, then the projector into the backbone's width; with
+    `towers` > 1, that many sets of encoders (one per camera), the projector shared.
 
-    forward(images uint8 [B, H, W, 3], film [B, F] | None) -> [B, N, hidden]
+    forward(images uint8 [B, H, W, 3], film [B, F] | None, tower int) -> [B, N, hidden]
     """
 
     def __init__(self, primary: VisionConfig, secondary: VisionConfig | None, projector: str, hidden: int, film_dim: int,
-                 architectures: list[dict] | None = None):
+                 architectures: list[dict] | None = None, towers: int = 1):
         """`architectures`: each encoder's, from a checkpoint's meta (`self.architectures` of the tower saved)."""
         super().__init__()
         architectures = list(architectures or [None, None])
-        self.encoders = nn.ModuleList([VisionEncoder(primary, film_dim, architectures[0])])
-        if secondary is not None:
-            second = VisionEncoder(secondary, film_dim, architectures[1] if len(architectures) > 1 else None)
-            if second.num_patches != self.encoders[0].num_patches:
-                raise ValueError(
-                    f"the two vision encoders give {self.encoders[0].num_patches} and {second.num_patches} "
-                    "patches; channel-wise fusion needs the same grid"
-                )
-            self.encoders.append(second)
+        kinds = [primary] + ([secondary] if secondary is not None else [])
+        # encoders[t * len(kinds) + k]: camera t's encoder of kind k (parameter names vision.encoders.<i>.*)
+        self.encoders = nn.ModuleList(
+            VisionEncoder(kind, film_dim, architectures[k] if k < len(architectures) else None)
+            for _ in range(towers) for k, kind in enumerate(kinds))
+        if len(kinds) == 2 and self.encoders[1].num_patches != self.encoders[0].num_patches:
+            raise ValueError(
+                f"the two vision encoders give {self.encoders[0].num_patches} and {self.encoders[1].num_patches} "
+                "patches; channel-wise fusion needs the same grid"
+            )
+        self.kinds = len(kinds)
         self.num_tokens = self.encoders[0].num_patches
-        self.architectures = [encoder.architecture for encoder in self.encoders]
-        self.projector = build_projector(projector, sum(e.out_dim for e in self.encoders), hidden)
+        self.architectures = [encoder.architecture for encoder in self.encoders[: self.kinds]]
+        self.projector = build_projector(projector, sum(e.out_dim for e in self.encoders[: self.kinds]), hidden)
 
-    def forward(self, images: torch.Tensor, film: torch.Tensor | None = None) -> torch.Tensor:
-        features = torch.cat([encoder(images, film) for encoder in self.encoders], dim=-1)
+    def forward(self, images: torch.Tensor, film: torch.Tensor | None = None, tower: int = 0) -> torch.Tensor:
+        encoders = self.encoders[tower * self.kinds : (tower + 1) * self.kinds]
+        features = torch.cat([encoder(images, film) for encoder in encoders], dim=-1)
         return self.projector(features)
 
 

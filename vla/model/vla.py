@@ -225,12 +225,14 @@ class VLA(nn.Module):
             raise CheckpointError(
                 f"norm_stats has {self.action_tokenizer.dim} action dimensions, the model config {config.action_dim}"
             )
+        towers = len(config.image_keys) if config.vision_per_camera else 1
         self.vision = VisionTower(config.vision, config.second_vision, config.projector, hidden,
-                                  film_dim=hidden if config.film else 0, architectures=self.meta.get("vision"))
+                                  film_dim=hidden if config.film else 0, architectures=self.meta.get("vision"),
+                                  towers=towers)
         self.meta["vision"] = self.vision.architectures  # rebuilds the same ViTs when a checkpoint loads
         self.film_norm = FilmInputNorm(hidden) if config.film else None
-        # One ViT reads every camera (OpenVLA-OFT's choice); a learned embedding per camera tells the
-        # backbone which view a token comes from.
+        # One ViT reads every camera (OpenVLA-OFT's choice), or one ViT per camera (vision_per_camera); a
+        # learned embedding per camera tells the backbone which view a token comes from.
         self.camera_embeddings = (nn.Parameter(torch.zeros(len(config.image_keys), hidden))
                                   if len(config.image_keys) > 1 else None)
         self.state_proj = nn.Linear(config.state_dim, hidden) if config.state_dim else None
@@ -350,7 +352,7 @@ class VLA(nn.Module):
 
     def encode_images(self, batch: Batch) -> torch.Tensor:
         """Projected image tokens of every camera, [B, C*N, H], conditioned on the instruction when
-        FiLM is on. The cameras share the ViT: they run as one batch of B*C images."""
+        FiLM is on. Cameras that share the ViT run as one batch of B*C images."""
         film = None
         if self.config.film:
             prompt = self.embed_tokens(batch.prompt_ids)
@@ -358,13 +360,17 @@ class VLA(nn.Module):
             pooled = (prompt * weights).sum(1) / weights.sum(1).clamp(min=1.0)
             film = self.film_norm(pooled)
         cameras = len(self.image_keys)
-        images = torch.cat([batch.images[key] for key in self.image_keys])  # [C*B, H, W, 3], camera-major
-        if film is not None and cameras > 1:
-            film = film.repeat(cameras, 1)
-        tokens = self.vision(images, film)  # [C*B, N, H]
-        if cameras == 1:
-            return tokens
-        tokens = tokens.unflatten(0, (cameras, -1))  # [C, B, N, H]; no Python int of B: the export keeps B dynamic
+        if self.config.vision_per_camera and cameras > 1:
+            tokens = torch.stack([self.vision(batch.images[key], film, tower=i)
+                                  for i, key in enumerate(self.image_keys)])  # [C, B, N, H]
+        else:
+            images = torch.cat([batch.images[key] for key in self.image_keys])  # [C*B, H, W, 3], camera-major
+            if film is not None and cameras > 1:
+                film = film.repeat(cameras, 1)
+            tokens = self.vision(images, film)  # [C*B, N, H]
+            if cameras == 1:
+                return tokens
+            tokens = tokens.unflatten(0, (cameras, -1))  # [C, B, N, H]; no Python int of B: the export keeps B dynamic
         tokens = tokens + self.camera_embeddings.to(tokens.dtype)[:, None, None]
         return tokens.transpose(0, 1).flatten(1, 2)
 
