@@ -61,6 +61,21 @@ def test_training_writes_config_metrics_checkpoints_and_policy(tmp_path, demos):
     assert np.isfinite(losses(run)).all() and losses(run)[-1] < losses(run)[0]
 
 
+def test_evaluation_runs_every_eval_every_steps_off_the_checkpoint_schedule(tmp_path, demos):
+    evaluated = []
+
+    def evaluate_fn(checkpoint, step):
+        assert (checkpoint / "model.safetensors").exists()
+        evaluated.append(step)
+        return {"success_rate": 0.5}
+
+    config = load_train_config(recipe(tmp_path, demos), ["checkpoint_every=4", "eval.every=3"])
+    train(config, tmp_path / "run", progress=False, evaluate_fn=evaluate_fn)
+    assert evaluated == [3, 6, 8]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval_success_rate" in r] == [3, 6, 8]
+
+
 @pytest.mark.parametrize("lora_rank", [0, 4])
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, demos, lora_rank):
     config = load_train_config(recipe(tmp_path, demos), [f"model.lora.rank={lora_rank}"])

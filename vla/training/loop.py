@@ -347,7 +347,8 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
 
         final = done == config.steps
         interrupted = stop_at_step is not None and done >= stop_at_step
-        if done % config.checkpoint_every == 0 or final or interrupted:
+        evaluating = bool(evaluate_fn and config.eval.every and (done % config.eval.every == 0 or final))
+        if done % config.checkpoint_every == 0 or evaluating or final or interrupted:  # evaluations read a checkpoint
             weights, optimizer_state = gather_full_state(model, optimizer)
             if main:
                 state = {
@@ -358,7 +359,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
                     "config": to_dict(config),
                 }
                 checkpoint = save_checkpoint(out_dir, done, unwrapped, weights, state, config.keep_checkpoints)
-                if evaluate_fn and config.eval.every and (done % config.eval.every == 0 or final):
+                if evaluating:
                     eval_start = time.perf_counter()
                     result = evaluate_fn(checkpoint, done)
                     eval_seconds += time.perf_counter() - eval_start
