@@ -106,3 +106,23 @@ def test_a_suite_collects_into_one_store_and_evaluates_into_one_eval_json(tmp_pa
     assert result["average_success_rate"] == np.mean([r["success_rate"] for r in on_disk["tasks"].values()])
     assert set(on_disk["difficulty"]) == {"easy"}
     assert (tmp_path / "eval" / "metaworld_reach-v3" / "eval.json").exists()
+
+
+def test_an_idle_env_is_never_stepped_past_its_end():
+    """Three 500-step episodes on two envs: while the third runs, the other env has none left and is stepped
+    with it, 500 steps past its own end; Meta-World refuses that (it crashed the MT10 recipe's evaluation
+    during training), so the evaluator resets an env when it has no episode left."""
+    from vla.evaluation import evaluate
+
+    class StandStill:
+        metadata = {"action_dim": 4}
+
+        def reset(self):
+            pass
+
+        def act(self, observation):
+            return np.zeros((2, 4), np.float32)
+
+    result = evaluate(StandStill(), "metaworld/reach-v3", 3, seed=100_000, workers=2, videos=0, progress=False,
+                      env_kwargs={"image_size": 24})  # 500-step episodes: Meta-World's own limit is 501 steps
+    assert result["num_episodes"] == 3 and [r["steps"] for r in result["episodes"]] == [500, 500, 500]

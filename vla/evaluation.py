@@ -114,11 +114,17 @@ def evaluate(
                         frames[slot_episode[i]].append(rendered[i])
             obs, _, terminated, truncated, info = envs.step(actions)
             steps += 1
-            finished = [i for i in active if terminated[i] or truncated[i]]
-            if not finished:
+            ended = terminated | truncated
+            finished = [i for i in active if ended[i]]
+            # An idle env (no episode left for it) is stepped with the others; when it ends, it is reset
+            # too, since stepping an env past its end is an error in some (Meta-World's).
+            idle_ended = [i for i in range(n_envs) if slot_episode[i] < 0 and ended[i]]
+            if not finished and not idle_ended:
                 continue
             reset_mask = np.zeros(n_envs, bool)
             reset_seeds: list[int | None] = [None] * n_envs
+            for i in idle_ended:
+                reset_mask[i] = True
             for i in finished:
                 results.append({
                     "episode": slot_episode[i],
@@ -131,9 +137,9 @@ def evaluate(
                 bar.update(1)
                 if slot_episode[i] < videos:
                     frames[slot_episode[i]].append(envs.call("render")[i])
+                reset_mask[i] = True
                 if next_episode < episodes:
                     slot_episode[i] = next_episode
-                    reset_mask[i] = True
                     reset_seeds[i] = seeds[next_episode]
                     next_episode += 1
                 else:
@@ -145,6 +151,8 @@ def evaluate(
                 for key in obs:
                     obs[key][reset_mask] = new_obs[key][reset_mask]
                 for i in np.flatnonzero(reset_mask):
+                    if slot_episode[i] < 0:
+                        continue
                     targets[i] = new_info["target"][i]
                     instructions[i] = told(new_info["instruction"][i], targets[i], slot_episode[i])
     finally:
