@@ -76,6 +76,21 @@ def test_evaluation_runs_every_eval_every_steps_off_the_checkpoint_schedule(tmp_
     assert [r["step"] for r in rows if "eval_success_rate" in r] == [3, 6, 8]
 
 
+def test_a_run_resumes_from_a_checkpoint_written_before_a_model_key_existed(tmp_path, demos):
+    import torch
+
+    config = load_train_config(recipe(tmp_path, demos))
+    assert train(config, tmp_path / "run", progress=False, stop_at_step=4) == {"stopped_at": 4}
+    state_file = tmp_path / "run" / "checkpoints" / "step_000004" / "trainer_state.pt"
+    state = torch.load(state_file, weights_only=False)
+    del state["config"]["model"]["vision_per_camera"]  # as a checkpoint of an older version has it
+    torch.save(state, state_file)
+    assert train(config, tmp_path / "run", progress=False)["resumed_from"] == 4
+    changed = load_train_config(recipe(tmp_path, demos), ["model.vision_per_camera=true"])
+    with pytest.raises(ConfigError, match="vision_per_camera"):
+        train(changed, tmp_path / "run", progress=False)
+
+
 @pytest.mark.parametrize("lora_rank", [0, 4])
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, demos, lora_rank):
     config = load_train_config(recipe(tmp_path, demos), [f"model.lora.rank={lora_rank}"])

@@ -22,11 +22,12 @@ from accelerate.utils import DistributedType, set_seed
 from safetensors.torch import load_model
 from tqdm import tqdm
 
-from vla.config import diff, to_dict
+from vla.config import diff, from_dict, to_dict
 from vla.data.dataset import DemoDataset, compute_norm_stats, load_episodes, validation_split
 from vla.data.store import EpisodeReader
 from vla.errors import ConfigError, DatasetError
 from vla.model.checkpoint import WEIGHTS_FILE, load_weights, observation_encoder
+from vla.model.config import ModelConfig
 from vla.model.text import TOKENIZER_FILE, train_bpe
 from vla.model.vla import VLA
 from vla.training.checkpoints import (
@@ -189,7 +190,9 @@ def prepare(config: TrainConfig, out_dir: Path) -> Prepared:
     resume_from = latest_checkpoint(out_dir)
     if resume_from is not None:
         trainer_state = load_trainer_state(resume_from)
-        changed = diff(trainer_state["config"]["model"], to_dict(config.model))
+        # Through the dataclass, so that a key added since the checkpoint was written counts as its default.
+        saved = to_dict(from_dict(ModelConfig, trainer_state["config"]["model"], "model."))
+        changed = diff(saved, to_dict(config.model))
         if changed:
             raise ConfigError(
                 f"{out_dir} holds a checkpoint of a different model; refusing to resume. Changed: " + "; ".join(changed)
