@@ -70,8 +70,12 @@ def evaluate(
         env_kwargs.setdefault("render_mode", "rgb_array")
         env_kwargs.setdefault("render_size", max(256, env_kwargs.get("image_size", 128)))
     factories = [_env_factory(env_id, env_kwargs) for _ in range(min(workers, episodes))]
-    vector_cls = gym.vector.AsyncVectorEnv if len(factories) > 1 else gym.vector.SyncVectorEnv
-    envs = vector_cls(factories, autoreset_mode=AutoresetMode.DISABLED)
+    if len(factories) > 1:
+        # Spawned, not forked: a forked worker inherits this process's GL contexts and torch's threads,
+        # and a child of a process that has rendered with EGL can hang in its first reset.
+        envs = gym.vector.AsyncVectorEnv(factories, autoreset_mode=AutoresetMode.DISABLED, context="spawn")
+    else:
+        envs = gym.vector.SyncVectorEnv(factories, autoreset_mode=AutoresetMode.DISABLED)
     n_envs = envs.num_envs
     executors = [ChunkExecutor(chunk_mode, execute) for _ in range(n_envs)]
 
