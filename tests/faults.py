@@ -167,6 +167,14 @@ def run_scenario(scenario: Scenario):
     robot, policy = FaultyRobot(**scenario.robot), FakePolicy(**scenario.policy)
     loop = ControlLoop(policy, robot, rate_hz=RATE_HZ, watchdog_ticks=WATCHDOG_TICKS, execute=2, **scenario.loop)
     report = None
+
+    def release_after_stop() -> None:  # a hung call stays blocked a little past stop(), then returns
+        while robot.stopped_at is None and not robot.release.is_set():
+            time.sleep(0.005)
+        time.sleep(0.1)
+        robot.release.set()
+
+    threading.Thread(target=release_after_stop, daemon=True).start()
     try:
         report = loop.run(max_steps=100)
     except BaseException as err:

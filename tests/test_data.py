@@ -126,14 +126,14 @@ def test_interrupted_collection_keeps_finished_episodes(tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
     deadline = time.time() + 60
     while time.time() < deadline:
-        time.sleep(0.5)
-        if out.exists():
-            try:
-                with EpisodeReader(out) as reader:
-                    if len(reader) >= 3:
-                        break
-            except Exception:
-                pass  # the writer holds the file mid-episode; look again
+        time.sleep(0.2)
+        try:  # without file locking: the writer holds the file's lock until it closes it
+            with h5py.File(out, "r", locking=False) as f:
+                if len(f["data"]) >= 3:
+                    break
+        except Exception:
+            pass  # not created yet, or caught mid-episode; look again
+    assert proc.poll() is None, "the collection ended before it could be interrupted"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     with EpisodeReader(out) as reader:
