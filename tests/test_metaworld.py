@@ -13,6 +13,18 @@ MT10 = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3"
         "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
 
 
+class StandStill:
+    """A policy that never moves the arm: every episode runs to Meta-World's step limit."""
+
+    metadata = {"action_dim": 4}
+
+    def reset(self):
+        pass
+
+    def act(self, observation):
+        return np.zeros((2, 4), np.float32)
+
+
 def test_an_mt10_task_follows_our_observation_convention():
     env = gym.make("metaworld/drawer-open-v3", image_size=48, wrist_camera=True)
     obs, info = env.reset(seed=3)
@@ -87,15 +99,6 @@ def test_a_suite_collects_into_one_store_and_evaluates_into_one_eval_json(tmp_pa
         assert sorted({reader.attrs(i)["task"] for i in range(4)}) == sorted(suite.tasks)
         assert reader.env_args["suite"] == "mini" and reader.action_space["hold"] == [0.0, 0.0, 0.0, None]
 
-    class StandStill:
-        metadata = {"action_dim": 4}
-
-        def reset(self):
-            pass
-
-        def act(self, observation):
-            return np.zeros((2, 4), np.float32)
-
     result = evaluate_suite(StandStill(), suite, 2, seed=100_000, env_kwargs={"max_episode_steps": 10},
                             out_dir=tmp_path / "eval", videos=1, progress=False)
     on_disk = json.loads((tmp_path / "eval" / "eval.json").read_text())
@@ -113,15 +116,6 @@ def test_an_idle_env_is_never_stepped_past_its_end():
     with it, 500 steps past its own end; Meta-World refuses that (it crashed the MT10 recipe's evaluation
     during training), so the evaluator resets an env when it has no episode left."""
     from vla.evaluation import evaluate
-
-    class StandStill:
-        metadata = {"action_dim": 4}
-
-        def reset(self):
-            pass
-
-        def act(self, observation):
-            return np.zeros((2, 4), np.float32)
 
     result = evaluate(StandStill(), "metaworld/reach-v3", 3, seed=100_000, workers=2, videos=0, progress=False,
                       env_kwargs={"image_size": 24})  # 500-step episodes: Meta-World's own limit is 501 steps
