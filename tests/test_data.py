@@ -141,3 +141,22 @@ def test_interrupted_collection_keeps_finished_episodes(tmp_path):
         for i in range(len(reader)):
             episode = reader.episode(i)
             assert len(episode) > 0 and episode.attrs["success"]
+
+
+def test_a_store_mixing_tasks_remembers_each_tasks_settings(tmp_path):
+    """Stores appended task by task (the built-in multi-task recipe) say how to make every task, so that
+    `vla eval --task` / `vla deploy --sim` on one of them use the settings it was demonstrated with."""
+    from vla.data.store import env_kwargs_for
+
+    out = tmp_path / "mixed.hdf5"
+    collect("sims/Reach-v0", episodes=1, out=out, seed=0, progress=False, env_kwargs={"image_size": 32})
+    collect("sims/Push-v0", episodes=1, out=out, seed=1, progress=False, append=True,
+            env_kwargs={"image_size": 32, "layout": "random"})
+    with EpisodeReader(out) as reader:
+        env_args = reader.env_args
+    assert env_args["env_name"] == "sims/Reach-v0" and env_args["tasks"] == ["sims/Reach-v0", "sims/Push-v0"]
+    assert env_kwargs_for(env_args, "sims/Reach-v0") == {"image_size": 32}
+    assert env_kwargs_for(env_args, "sims/Push-v0") == {"image_size": 32, "layout": "random"}
+    assert env_kwargs_for(env_args, "sims/Lift-v0") == {}
+    assert env_kwargs_for({"suite": "builtin", "tasks": ["sims/Lift-v0"], "env_kwargs": {"layout": "random"}},
+                          "sims/Lift-v0") == {"layout": "random"}  # an older suite store

@@ -169,6 +169,7 @@ def _training_evaluator(config, out_dir: Path):
 
 
 def cmd_eval(args) -> int:
+    from vla.data.store import env_kwargs_for
     from vla.evaluation import DEFAULT_EVAL_SEED, evaluate, format_eval
     from vla.policy import load_policy
 
@@ -190,7 +191,7 @@ def cmd_eval(args) -> int:
         print(f"wrote {Path(args.out) / 'eval.json'}")
         return 0
     env_id = _valid_env_id(args.task or env_args.get("env_name") or _missing("--task"))
-    env_kwargs = dict(env_args.get("env_kwargs", {})) if env_args.get("env_name") == env_id else {}
+    env_kwargs = env_kwargs_for(env_args, env_id)
     env_kwargs.update(_parse_env_kwargs(args.env_kw))
     summary = evaluate(policy, env_id, args.episodes, seed=seed,
                        env_kwargs=env_kwargs, workers=args.workers, execute=args.execute, chunk_mode=args.chunk_mode,

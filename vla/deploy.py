@@ -12,6 +12,7 @@ import numpy as np
 from policies.control_loop import ControlLoop
 from policies.safety import safety_filter_for
 from policies.sim_robot import SimRobot
+from vla.data.store import env_kwargs_for
 from vla.evaluation import summarize
 
 
@@ -41,7 +42,7 @@ def deploy(env_id: str, rate_hz: float | None, episodes: int, seed: int = 200_00
     meta = policy.metadata
     rate_hz = rate_hz or float(meta.get("control_hz") or 10.0)
     env_args = meta.get("env_args", {})
-    kwargs = dict(env_args.get("env_kwargs", {})) if env_args.get("env_name") == env_id else {}
+    kwargs = env_kwargs_for(env_args, env_id)
     env = gym.make(env_id, **{**kwargs, **(env_kwargs or {})})
     # The robot's own limits bound whatever the data's range says.
     safety = safety_filter_for(meta, env.action_space.low, env.action_space.high, max_delta)

@@ -54,8 +54,9 @@ class EpisodeWriter:
         self._file = h5py.File(self.path, "a" if append else "w")
         self._data = self._file.require_group("data")
         if "env_args" not in self._data.attrs:
-            self._data.attrs["env_args"] = json.dumps(env_args)
             self._data.attrs["total"] = 0
+        self._data.attrs["env_args"] = json.dumps(_merge_env_args(json.loads(self._data.attrs.get("env_args", "null")),
+                                                                  env_args))
         if action_space is not None and "action_space" not in self._data.attrs:
             self._data.attrs["action_space"] = json.dumps(action_space)
         self.num_episodes = len(_demo_names(self._data))
@@ -91,6 +92,28 @@ class EpisodeWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _merge_env_args(stored: dict | None, new: dict) -> dict:
+    """The store's env_args after writing episodes of `new`'s environment: the first writer's, plus every
+    task written since and its settings (`tasks`, `task_env_kwargs`), so that a store mixing tasks says
+    how to make each of them."""
+    merged = dict(stored if stored is not None else new)
+    name = new.get("env_name")
+    if name:
+        merged["tasks"] = list(dict.fromkeys([*merged.get("tasks", []), name]))
+        merged["task_env_kwargs"] = {**merged.get("task_env_kwargs", {}), name: dict(new.get("env_kwargs", {}))}
+    return merged
+
+
+def env_kwargs_for(env_args: dict, env_id: str) -> dict:
+    """The settings `env_id` was demonstrated with, from a store's (or a policy's) env_args; {} for a task
+    the data does not hold."""
+    if env_id in env_args.get("task_env_kwargs", {}):
+        return dict(env_args["task_env_kwargs"][env_id])
+    if env_id == env_args.get("env_name") or env_id in env_args.get("tasks", []):
+        return dict(env_args.get("env_kwargs", {}))
+    return {}
 
 
 def _demo_names(data: h5py.Group) -> list[str]:
