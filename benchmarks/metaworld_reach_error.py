@@ -1,0 +1,64 @@
+"""Where a policy's hand ends relative to Meta-World reach's goal, per axis: is a miss across the image,
+or in depth and height?
+
+    python benchmarks/metaworld_reach_error.py POLICY_DIR [--episodes 12] [--seed 100000]
+
+POLICY_DIR is a checkpoint or an export of a policy trained on metaworld/reach-v3 (alone or in MT10).
+Each episode runs every action of each chunk until success or Meta-World's 500 steps; the hand and the goal
+are read from the environment's privileged 39-d observation (first and last three values). The corner2
+camera looks along +y, so x is across the image, y is depth and z is height.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("policy")
+    parser.add_argument("--episodes", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=100_000)
+    args = parser.parse_args()
+
+    import gymnasium as gym
+
+    import sims  # noqa: F401  (registers metaworld/ ids)
+    from vla.policy import load_policy
+
+    policy = load_policy(args.policy, device="cpu")
+    image_size = policy.metadata.get("image_size", 96)
+    env = gym.make("metaworld/reach-v3", image_size=image_size)
+    print("| seed | success | steps | distance | x error | y error (depth) | z error (height) |")
+    print("|---|---|---|---|---|---|---|")
+    misses = []
+    for seed in range(args.seed, args.seed + args.episodes):
+        obs, info = env.reset(seed=seed)
+        policy.reset()
+        steps, done = 0, False
+        while not done:
+            for action in policy.act({**obs, "prompt": info["instruction"]}):
+                obs, _, terminated, truncated, info = env.step(action)
+                steps += 1
+                done = terminated or truncated
+                if done:
+                    break
+        raw = env.unwrapped.raw_observation
+        error = raw[:3] - raw[-3:]
+        if not info["is_success"]:
+            misses.append(np.abs(error))
+        print(f"| {seed} | {info['is_success']} | {steps} | {100 * np.linalg.norm(error):.1f} cm | "
+              + " | ".join(f"{100 * e:+.1f} cm" for e in error) + " |", flush=True)
+    env.close()
+    if misses:
+        mean = 100 * np.mean(misses, axis=0)
+        print(f"\n{len(misses)} of {args.episodes} missed; mean |error| of the misses: x {mean[0]:.1f} cm, "
+              f"y {mean[1]:.1f} cm, z {mean[2]:.1f} cm")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
