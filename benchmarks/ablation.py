@@ -39,7 +39,7 @@ ARMS = {
     "base": Arm("the demo recipe", heldout=True),
     "execute2": Arm("run 2 of each chunk's 4 actions", execute=2, reuse="base"),
     "wrist": Arm("+ the wrist camera (one ViT for both)", env={"wrist_camera": True},
-                 train=["model.image_keys=[image,wrist_image]"]),
+                 train=["model.image_keys=[image,wrist_image]", "model.vision_per_camera=false"]),
     "wrist_towers": Arm("+ the wrist camera, a ViT of its own", env={"wrist_camera": True},
                         train=["model.image_keys=[image,wrist_image]", "model.vision_per_camera=true"]),
     "96px": Arm("96 px images (36 tokens)", env={"image_size": 96}, train=["model.vision.image_size=96"]),
