@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -143,10 +144,23 @@ def test_interrupted_collection_keeps_finished_episodes(tmp_path):
             assert len(episode) > 0 and episode.attrs["success"]
 
 
+class StandStill:
+    metadata = {"action_dim": 4}
+
+    def reset(self):
+        pass
+
+    def act(self, observation):
+        return np.zeros((1, 4), np.float32)
+
+
 def test_a_store_mixing_tasks_remembers_each_tasks_settings(tmp_path):
     """Stores appended task by task (the built-in multi-task recipe) say how to make every task, so that
     `vla eval --task` / `vla deploy --sim` on one of them use the settings it was demonstrated with."""
+    from vla.data.inspect import format_summary
     from vla.data.store import env_kwargs_for
+    from vla.evaluation import evaluate_suite
+    from vla.suites import data_suite
 
     out = tmp_path / "mixed.hdf5"
     collect("sims/Reach-v0", episodes=1, out=out, seed=0, progress=False, env_kwargs={"image_size": 32})
@@ -160,3 +174,17 @@ def test_a_store_mixing_tasks_remembers_each_tasks_settings(tmp_path):
     assert env_kwargs_for(env_args, "sims/Lift-v0") == {}
     assert env_kwargs_for({"suite": "builtin", "tasks": ["sims/Lift-v0"], "env_kwargs": {"layout": "random"}},
                           "sims/Lift-v0") == {"layout": "random"}  # an older suite store
+
+    # With no suite file, `vla eval` and the training evaluator run every task the store mixes, each as demonstrated
+    suite = data_suite(env_args)
+    assert suite.tasks == ["sims/Reach-v0", "sims/Push-v0"]
+    assert suite.env_kwargs_of("sims/Push-v0") == {"image_size": 32, "layout": "random"}
+    assert data_suite({"env_name": "sims/Reach-v0", "tasks": ["sims/Reach-v0"]}) is None
+    result = evaluate_suite(StandStill(), suite, 1, env_kwargs={"max_episode_steps": 3}, out_dir=tmp_path / "eval",
+                            videos=0, progress=False)
+    for task in suite.tasks:
+        on_disk = json.loads((tmp_path / "eval" / task.replace("/", "_") / "eval.json").read_text())
+        assert on_disk["env_kwargs"] == {**suite.env_kwargs_of(task), "max_episode_steps": 3}
+    assert result["task_env_kwargs"] == env_args["task_env_kwargs"]
+    env_lines = [line for line in format_summary(dataset_summary(out)).splitlines() if "sims/" in line and not line.startswith("tasks")]
+    assert len(env_lines) == 2 and "Reach" in env_lines[0] and "Push" in env_lines[1] and "random" in env_lines[1]

@@ -151,11 +151,9 @@ def _training_evaluator(config, out_dir: Path):
 
         policy = TorchPolicy(checkpoint)
         env_args = policy.metadata["env_args"]
-        suite_name = config.eval.suite or env_args.get("suite")
-        if suite_name:
-            from vla.suites import load_suite
-
-            result = evaluate_suite(policy, load_suite(suite_name), config.eval.episodes, seed=config.eval.seed,
+        suite = _policy_suite(config.eval.suite, env_args)
+        if suite:
+            result = evaluate_suite(policy, suite, config.eval.episodes, seed=config.eval.seed,
                                     workers=config.eval.workers, out_dir=out_dir / "eval" / f"step_{step:06d}",
                                     videos=1, progress=False)
             return {"success_rate": result["average_success_rate"],
@@ -168,6 +166,15 @@ def _training_evaluator(config, out_dir: Path):
     return evaluate_checkpoint
 
 
+def _policy_suite(suite_name: str | None, env_args: dict):
+    """What to evaluate a policy on when no single task is asked for: the named suite, the suite its data was
+    collected as, or every task a store mixing collections holds (each with its own settings); None: one task."""
+    from vla.suites import data_suite, load_suite
+
+    name = suite_name or env_args.get("suite")
+    return load_suite(name) if name else data_suite(env_args)
+
+
 def cmd_eval(args) -> int:
     from vla.data.store import env_kwargs_for
     from vla.evaluation import DEFAULT_EVAL_SEED, evaluate, format_eval
@@ -176,12 +183,10 @@ def cmd_eval(args) -> int:
     policy = load_policy(args.policy, device=args.device)
     env_args = policy.metadata.get("env_args", {})
     seed = args.seed if args.seed is not None else DEFAULT_EVAL_SEED
-    suite_name = args.suite or (env_args.get("suite") if not args.task else None)
-    if suite_name:
+    suite = None if args.task and not args.suite else _policy_suite(args.suite, env_args)
+    if suite:
         from vla.evaluation import evaluate_suite, format_suite
-        from vla.suites import load_suite
 
-        suite = load_suite(suite_name)
         for env_id in suite.tasks:
             _valid_env_id(env_id)
         summary = evaluate_suite(policy, suite, args.episodes, seed=seed, env_kwargs=_parse_env_kwargs(args.env_kw),

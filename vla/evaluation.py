@@ -189,9 +189,9 @@ def evaluate_suite(policy, suite, episodes: int, seed: int = DEFAULT_EVAL_SEED, 
         average_success_rate, difficulty: {bucket: mean success}, reference (the suite's published figures).
     Each task's own eval.json and videos go to OUT/<task>/.
     """
-    kwargs = {**suite.env_kwargs, **(env_kwargs or {})}
     tasks, details = {}, {}
     for env_id in suite.tasks:
+        kwargs = {**suite.env_kwargs_of(env_id), **(env_kwargs or {})}
         task_dir = Path(out_dir) / env_id.replace("/", "_") if out_dir is not None else None
         result = evaluate(policy, env_id, episodes, seed=seed, env_kwargs=kwargs, workers=workers, execute=execute,
                           chunk_mode=chunk_mode, out_dir=task_dir, videos=videos, progress=progress,
@@ -209,7 +209,8 @@ def evaluate_suite(policy, suite, episodes: int, seed: int = DEFAULT_EVAL_SEED, 
         "difficulty": {bucket: float(np.mean([tasks[t]["success_rate"] for t in members]))
                        for bucket, members in suite.difficulty.items()},
         "reference": suite.reference,
-        "env_kwargs": kwargs,
+        "env_kwargs": {**suite.env_kwargs, **(env_kwargs or {})},
+        **({"task_env_kwargs": suite.task_env_kwargs} if suite.task_env_kwargs else {}),
         "policy": dict(getattr(policy, "metadata", {})),
         "policy_ms_per_call": float(np.mean([d["policy_ms_per_call"] for d in details.values()])),
     }

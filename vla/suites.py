@@ -18,11 +18,25 @@ class Suite:
     name: str
     tasks: list[str]
     env_kwargs: dict = field(default_factory=dict)
+    task_env_kwargs: dict[str, dict] = field(default_factory=dict)  # per task, over env_kwargs
     difficulty: dict[str, list[str]] = field(default_factory=dict)
     reference: dict = field(default_factory=dict)
 
     def bucket_of(self, task: str) -> str | None:
         return next((bucket for bucket, tasks in self.difficulty.items() if task in tasks), None)
+
+    def env_kwargs_of(self, task: str) -> dict:
+        return {**self.env_kwargs, **self.task_env_kwargs.get(task, {})}
+
+
+def data_suite(env_args: dict) -> Suite | None:
+    """The tasks a store mixes (several collections into one file, no suite file), each with the settings it
+    was demonstrated with; None for a store of one task."""
+    tasks = env_args.get("tasks", [])
+    if len(tasks) < 2:
+        return None
+    return Suite(name="the data's tasks", tasks=list(tasks),
+                 task_env_kwargs={task: dict(kw) for task, kw in env_args.get("task_env_kwargs", {}).items()})
 
 
 def load_suite(name: str) -> Suite:

@@ -44,7 +44,7 @@ def format_summary(summary: dict) -> str:
         f"episodes      {summary['episodes']} ({summary['successes']} successful)",
         f"steps         {summary['steps']}",
         "observations  " + ", ".join(f"{k} {v}" for k, v in summary["observations"].items()),
-        f"env           {_source(summary['env_args'])} {summary['env_args'].get('env_kwargs', {})}",
+        *_env_lines(summary["env_args"]),
         "tasks         " + ", ".join(f"{k} ({v})" for k, v in summary["tasks"].items()),
         "targets       " + ", ".join(f"{k} ({v})" for k, v in sorted(summary["targets"].items())),
         f"instructions  {len(summary['instructions'])} distinct",
@@ -94,6 +94,14 @@ def episode_video(path: str | Path, episode: int, out: str | Path) -> Path:
         raise DatasetError(f"{path}: episode {episode} has no image observations")
     frames = np.concatenate(images, axis=2)  # cameras side by side
     return write_video(frames, out, fps=float(ep.attrs.get("fps", 10)), caption=ep.attrs.get("instruction", ""))
+
+
+def _env_lines(env_args: dict) -> list[str]:
+    """One line per environment the episodes came from, with its settings (a store mixing tasks has several)."""
+    settings = env_args.get("task_env_kwargs", {})
+    if len(env_args.get("tasks", [])) > 1:
+        return [f"{'env' if i == 0 else '':14s}{task} {settings.get(task, {})}" for i, task in enumerate(env_args["tasks"])]
+    return [f"env           {_source(env_args)} {env_args.get('env_kwargs', {})}"]
 
 
 def _source(env_args: dict) -> str:
