@@ -65,9 +65,10 @@ class ModelConfig:
     # Camera keys the model reads, in order (HDF5 obs/<key>, LeRobot observation.images.<key>, the
     # robot's observation); None: every camera in the training data.
     image_keys: list[str] | None = None
-    # False: one ViT reads every camera (OpenVLA-OFT's choice); True: each camera its own ViT (same
-    # architecture and initial weights), the projector shared.
-    vision_per_camera: bool = False
+    # True: each camera its own ViT (same architecture and initial weights), the projector shared; False: one
+    # ViT reads every camera (OpenVLA-OFT's choice). From scratch a shared ViT learned nothing from two views
+    # (README, "Levers, one at a time"); the pretrained preset shares its SigLIP. No effect with one camera.
+    vision_per_camera: bool = True
     vision: VisionConfig = field(default_factory=VisionConfig)
     second_vision: VisionConfig | None = None  # fused channel-wise (OpenVLA's DINOv2 + SigLIP)
     film: bool = False  # instruction-conditioned vision (OpenVLA-OFT+)

@@ -192,7 +192,10 @@ def prepare(config: TrainConfig, out_dir: Path) -> Prepared:
         trainer_state = load_trainer_state(resume_from)
         # Through the dataclass, so that a key added since the checkpoint was written counts as its default.
         saved = to_dict(from_dict(ModelConfig, trainer_state["config"]["model"], "model."))
-        changed = diff(saved, to_dict(config.model))
+        current = to_dict(config.model)
+        if len(config.model.image_keys) == 1:  # one camera, one ViT either way: its default changed once
+            saved.pop("vision_per_camera"), current.pop("vision_per_camera")
+        changed = diff(saved, current)
         if changed:
             raise ConfigError(
                 f"{out_dir} holds a checkpoint of a different model; refusing to resume. Changed: " + "; ".join(changed)
