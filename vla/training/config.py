@@ -23,7 +23,8 @@ class DataConfig:
     # sample, uniform over 0..2, took the demo from 50/50 to 22/50 at 1,500 steps).
     prefix_probability: float = 0.5
     # The share of samples whose instruction has random words swapped in (vla.data.dataset.noisy_instruction),
-    # for phrasings the demonstrations never used.
+    # for phrasings the demonstrations never used (measured at 0.5 on Lift: 17/50 against 24/50, and held-out
+    # phrasings 12/50 against 20/50; off by default).
     instruction_noise: float = 0.0
     # What standing still means per action dimension (a number for a delta dimension, null for an
     # absolute one); None: what the data records (`vla collect` and `vla data import` record it).
