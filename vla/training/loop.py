@@ -194,7 +194,8 @@ def prepare(config: TrainConfig, out_dir: Path) -> Prepared:
         saved = to_dict(from_dict(ModelConfig, trainer_state["config"]["model"], "model."))
         current = to_dict(config.model)
         if len(config.model.image_keys) == 1:  # one camera, one ViT either way: its default changed once
-            saved.pop("vision_per_camera"), current.pop("vision_per_camera")
+            for model_config in (saved, current):
+                del model_config["vision_per_camera"]
         changed = diff(saved, current)
         if changed:
             raise ConfigError(
