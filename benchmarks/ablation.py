@@ -128,7 +128,8 @@ def main() -> int:
             probe = train(load_train_config(family.recipe, overrides + ["steps=40", "log_every=20",
                                                                         "checkpoint_every=40"]),
                           run / "probe", progress=False)
-            steps = max(100, int(args.minutes * 60 * probe["mean_samples_per_s"] / 64))
+            # The probe's second window (steps 21-40): its mean would count the first steps' warm-up
+            steps = max(100, int(args.minutes * 60 * probe["samples_per_s"] / 64))
             train(load_train_config(family.recipe, overrides + [f"steps={steps}", "checkpoint_every=100000"]),
                   run / "train", progress=False)
         summary = json.loads((run / "train" / "train_summary.json").read_text())

@@ -154,6 +154,33 @@ class StandStill:
         return np.zeros((1, 4), np.float32)
 
 
+class CameraRecorder(StandStill):
+    """Stands still and records which cameras each observation brings."""
+
+    def __init__(self, env_args: dict):
+        self.metadata = {"action_dim": 4, "env_args": env_args}
+        self.cameras: set[tuple[str, ...]] = set()
+
+    def act(self, observation):
+        self.cameras.add(tuple(sorted(k for k, v in observation.items() if getattr(v, "ndim", 0) == 3)))
+        return super().act(observation)
+
+
+def test_a_suite_is_evaluated_with_the_cameras_the_policy_was_demonstrated_with(tmp_path):
+    """A named suite fixes what it names (here the image size); what it leaves open, the wrist camera, is as
+    the policy's data was collected, or a policy that reads two cameras would be handed one."""
+    from vla.evaluation import evaluate_suite
+    from vla.suites import Suite
+
+    suite = Suite(name="two", tasks=["sims/Reach-v0", "sims/Push-v0"], env_kwargs={"image_size": 32})
+    policy = CameraRecorder({"suite": "two", "tasks": suite.tasks,
+                             "env_kwargs": {"image_size": 48, "wrist_camera": True}})
+    result = evaluate_suite(policy, suite, 1, env_kwargs={"max_episode_steps": 2}, videos=0, progress=False)
+    assert policy.cameras == {("image", "wrist_image")}
+    for task in suite.tasks:
+        assert result["task_env_kwargs"][task] == {"image_size": 32, "wrist_camera": True, "max_episode_steps": 2}
+
+
 def test_a_store_mixing_tasks_remembers_each_tasks_settings(tmp_path):
     """Stores appended task by task (the built-in multi-task recipe) say how to make every task, so that
     `vla eval --task` / `vla deploy --sim` on one of them use the settings it was demonstrated with."""
@@ -185,6 +212,6 @@ def test_a_store_mixing_tasks_remembers_each_tasks_settings(tmp_path):
     for task in suite.tasks:
         on_disk = json.loads((tmp_path / "eval" / task.replace("/", "_") / "eval.json").read_text())
         assert on_disk["env_kwargs"] == {**suite.env_kwargs_of(task), "max_episode_steps": 3}
-    assert result["task_env_kwargs"] == env_args["task_env_kwargs"]
+    assert result["task_env_kwargs"] == {task: {**kw, "max_episode_steps": 3} for task, kw in env_args["task_env_kwargs"].items()}
     env_lines = [line for line in format_summary(dataset_summary(out)).splitlines() if "sims/" in line and not line.startswith("tasks")]
     assert len(env_lines) == 2 and "Reach" in env_lines[0] and "Push" in env_lines[1] and "random" in env_lines[1]

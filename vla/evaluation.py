@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from policies.base import act_batch
 from policies.chunking import ChunkExecutor
+from vla.data.store import env_kwargs_for
 
 DEFAULT_EVAL_SEED = 100_000  # demonstrations use small seeds; evaluation starts far from them
 
@@ -188,10 +189,16 @@ def evaluate_suite(policy, suite, episodes: int, seed: int = DEFAULT_EVAL_SEED, 
                          per_target (where the instruction names one of several objects)}},
         average_success_rate, difficulty: {bucket: mean success}, reference (the suite's published figures).
     Each task's own eval.json and videos go to OUT/<task>/.
+
+    A task's environment takes the suite's settings, then `env_kwargs`; what both leave open is as the
+    policy's data was collected (its cameras, say), so a policy demonstrated with a wrist camera is
+    evaluated with one. The settings each task ran with are in `task_env_kwargs`.
     """
-    tasks, details = {}, {}
+    demonstrated = getattr(policy, "metadata", {}).get("env_args", {})
+    tasks, details, task_env_kwargs = {}, {}, {}
     for env_id in suite.tasks:
-        kwargs = {**suite.env_kwargs_of(env_id), **(env_kwargs or {})}
+        kwargs = {**env_kwargs_for(demonstrated, env_id), **suite.env_kwargs_of(env_id), **(env_kwargs or {})}
+        task_env_kwargs[env_id] = kwargs
         task_dir = Path(out_dir) / env_id.replace("/", "_") if out_dir is not None else None
         result = evaluate(policy, env_id, episodes, seed=seed, env_kwargs=kwargs, workers=workers, execute=execute,
                           chunk_mode=chunk_mode, out_dir=task_dir, videos=videos, progress=progress,
@@ -210,7 +217,7 @@ def evaluate_suite(policy, suite, episodes: int, seed: int = DEFAULT_EVAL_SEED, 
                        for bucket, members in suite.difficulty.items()},
         "reference": suite.reference,
         "env_kwargs": {**suite.env_kwargs, **(env_kwargs or {})},
-        **({"task_env_kwargs": suite.task_env_kwargs} if suite.task_env_kwargs else {}),
+        "task_env_kwargs": task_env_kwargs,
         "policy": dict(getattr(policy, "metadata", {})),
         "policy_ms_per_call": float(np.mean([d["policy_ms_per_call"] for d in details.values()])),
     }
