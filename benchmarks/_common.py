@@ -13,7 +13,8 @@ INSTRUCTIONS = ["reach the red cube", "move to the green cube", "go to the blue 
 
 def random_model(preset: str, **overrides):
     """A VLA of the given preset with random weights, a BPE trained on sample instructions and
-    synthetic normalization statistics."""
+    synthetic normalization statistics; the built-in sims' action and state sizes (4 and 4) unless
+    `overrides` name others (a preset leaves them to the data)."""
     import torch
 
     from policies.actions import action_statistics
@@ -22,7 +23,7 @@ def random_model(preset: str, **overrides):
     from vla.model.vla import VLA
 
     torch.manual_seed(0)
-    config = load_model_config(preset, overrides)
+    config = load_model_config(preset, {"action_dim": 4, "state_dim": 4, **overrides})
     tmp = Path(tempfile.mkdtemp())
     train_bpe(INSTRUCTIONS, config.text_vocab_size).save(str(tmp / "tokenizer.json"))
     rng = np.random.default_rng(0)

@@ -14,7 +14,9 @@ held-out seeds as every other arm. Demonstrations are collected once per data se
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import operator
 import sys
 import time
 from dataclasses import dataclass, field
@@ -52,6 +54,16 @@ class Arm:
     execute: int | None = None  # actions run per chunk at evaluation (None: all)
     reuse: str | None = None  # evaluate this arm's checkpoint instead of training
     heldout: bool = False  # also evaluate phrasings no demonstration used (tests/heldout_phrasings.py)
+    after_success: int | None = None  # expert steps recorded past each first success (None: 0)
+
+    def __add__(self, other: "Arm") -> "Arm":
+        """Both arms' changes at once (`--arms zoom+demos10x`)."""
+        if self.reuse or other.reuse or (self.execute and other.execute):
+            raise ValueError("arms that reuse a checkpoint or both set `execute` do not combine")
+        pick = lambda a, b: b if b is not None else a  # noqa: E731
+        return Arm(f"{self.does}; {other.does}", {**self.env, **other.env}, self.train + other.train,
+                   pick(self.noise, other.noise), self.demos * other.demos, pick(self.execute, other.execute),
+                   None, self.heldout or other.heldout, pick(self.after_success, other.after_success))
 
 
 ARMS = {
@@ -63,12 +75,15 @@ ARMS = {
                         train=["model.image_keys=[image,wrist_image]", "model.vision_per_camera=true"]),
     "96px": Arm("96 px images (36 tokens)", env={"image_size": 96}, train=["model.vision.image_size=96"]),
     "128px": Arm("128 px images (64 tokens)", env={"image_size": 128}, train=["model.vision.image_size=128"]),
+    "zoom": Arm("the corner camera narrowed to a 30 degree field of view", env={"camera_fovy": 30}),
     "patch8": Arm("8 px patches (64 tokens)", train=["model.vision.patch_size=8"]),
     "chunk8": Arm("chunks of 8 actions", train=["model.chunk_size=8"]),
     "dart0": Arm("no DART noise", noise=0.0),
     "no_aux": Arm("no auxiliary target head", train=["model.aux_loss=none"]),
     "demos2x": Arm("twice the demonstrations", demos=2.0),
     "demos4x": Arm("four times the demonstrations", demos=4.0),
+    "demos10x": Arm("ten times the demonstrations", demos=10.0),
+    "after50": Arm("50 expert steps recorded past each first success", after_success=50),
     "wide": Arm("a backbone twice as wide (256)",
                 train=["model.backbone.hidden_size=256", "model.backbone.intermediate_size=768"]),
     "noise_words": Arm("instruction noise on half the samples", train=["data.instruction_noise=0.5"], heldout=True),
@@ -93,17 +108,18 @@ def main() -> int:
     from vla.training.loop import train
 
     names = args.arms.split(",")
-    unknown = [n for n in names if n not in ARMS]
+    unknown = [part for n in names for part in n.split("+") if part not in ARMS]
     if unknown:
-        print(f"unknown arms {unknown}; known: {', '.join(ARMS)}", file=sys.stderr)
+        print(f"unknown arms {unknown}; known: {', '.join(ARMS)} (combine with +)", file=sys.stderr)
         return 2
+    arms = {n: functools.reduce(operator.add, (ARMS[part] for part in n.split("+"))) for n in names}
     results = {}
     results_path = args.out / f"{args.task.replace('/', '_')}.json"
     if results_path.exists():
         results = json.loads(results_path.read_text())
     family = FAMILIES[args.task.split("/")[0]]
     for name in names:
-        arm = ARMS[name]
+        arm = arms[name]
         if name in results:
             continue
         env = {**family.env, **arm.env}
@@ -111,15 +127,16 @@ def main() -> int:
         data_env = {**family.env, **source.env}
         noise = family.noise if source.noise is None else source.noise
         demos = int(args.demos * source.demos)
+        after_success = source.after_success or 0
         key = "_".join([args.task.replace("/", "_"), *(f"{k}={v}" for k, v in sorted(data_env.items())),
-                        f"noise={noise}", f"n={demos}"])
+                        f"noise={noise}", f"n={demos}", *([f"after={after_success}"] if after_success else [])])
         data = args.out / "data" / f"{key}.hdf5"
         if not data.exists():
             data.parent.mkdir(parents=True, exist_ok=True)
             partial = data.with_suffix(".partial.hdf5")
             partial.unlink(missing_ok=True)
             collect(args.task, episodes=demos, out=partial, seed=0, workers=2, noise=noise,
-                    env_kwargs=data_env, all_targets=family.all_targets, progress=False)
+                    env_kwargs=data_env, all_targets=family.all_targets, progress=False, after_success=after_success)
             partial.replace(data)
         run = args.out / (arm.reuse or name)
         if not (run / "train" / "policy").exists():

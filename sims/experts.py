@@ -12,6 +12,7 @@ opens, so they recover when their actions are perturbed (DART-style noise at col
 from __future__ import annotations
 
 import abc
+import itertools
 
 import numpy as np
 
@@ -181,24 +182,33 @@ def make_expert(env) -> Expert:
 
 
 def run_episode(env, expert: Expert, seed: int, noise: float = 0.0, rng: np.random.Generator | None = None,
-                options: dict | None = None):
+                options: dict | None = None, after_success: int = 0):
     """Roll out one episode; yields (observation, expert_action, reward, terminated, truncated, info) per step.
 
     With `noise > 0` the executed action is the expert's plus Gaussian noise, while the yielded label
     stays the expert's clean action (DART), so demonstrations show how to recover from small errors.
-    `options` goes to env.reset (e.g. {"target": "red"}).
+    `options` goes to env.reset (e.g. {"target": "red"}). The episode ends at its first success, or
+    `after_success` steps later (the expert goes on acting, and `info["success_step"]` says when the
+    first success was): demonstrations then also show what the expert does once it is there.
     """
     obs, info = env.reset(seed=seed, options=options)
     expert.reset()
     rng = rng or np.random.default_rng(seed)
-    while True:
+    success_step = None
+    limit = env.unwrapped.max_episode_steps  # stepping past it is the env's error (Meta-World raises)
+    for step in itertools.count():
         action = expert.act(obs)
         executed = action
         if noise > 0:
             executed = action.copy()
             executed[:3] = np.clip(action[:3] + rng.normal(0.0, noise, 3), -1.0, 1.0)
-        next_obs, reward, terminated, truncated, next_info = env.step(executed)
-        yield obs, action, reward, terminated, truncated, next_info
-        if terminated or truncated:
+        obs_after, reward, _, truncated, info = env.step(executed)
+        if success_step is None and info.get("is_success"):
+            success_step = step
+        succeeded = success_step is not None
+        ends = truncated or step + 1 >= limit or (succeeded and step >= success_step + after_success)
+        info = {**info, "is_success": succeeded, "success_step": success_step}
+        yield obs, action, reward, ends and succeeded, ends and not succeeded, info
+        if ends:
             return
-        obs = next_obs
+        obs = obs_after

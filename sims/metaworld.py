@@ -27,6 +27,11 @@ from sims.env import _close_at_exit
 
 MAX_STEPS = 500
 FRONT_CAMERA = "corner2"
+# Meta-World's corner2 sees the whole room at 60 degrees; every MT10 task's hand, object and goal stay within
+# the middle third of that view (benchmarks/metaworld_framing.py), so at 96 px the goal marker is 1-2 px.
+# Narrowed to 30 degrees from the same pose, the workspace fills the frame, and objects are twice as large.
+META_WORLD_FOVY = 60.0
+FRONT_CAMERA_FOVY = META_WORLD_FOVY
 WRIST_CAMERA = "gripperPOV"
 CONTROL_HZ = 80  # Meta-World steps MuJoCo 5 x 2.5 ms per action
 # Several phrasings per task; the first is Meta-World's own task description.
@@ -63,11 +68,14 @@ class MetaWorldEnv(gym.Env):
                 "action_names": ["dx", "dy", "dz", "gripper"], "action_hold": [0.0, 0.0, 0.0, None]}
 
     def __init__(self, task: str = "reach-v3", render_mode: str | None = None, image_size: int = 96,
-                 wrist_camera: bool = False, render_size: int | None = None, max_episode_steps: int = MAX_STEPS):
+                 wrist_camera: bool = False, render_size: int | None = None, max_episode_steps: int = MAX_STEPS,
+                 camera_fovy: float = FRONT_CAMERA_FOVY):
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
         if task not in ALL_V3_ENVIRONMENTS:
             raise ValueError(f"unknown Meta-World task {task!r}; valid tasks: {', '.join(sorted(ALL_V3_ENVIRONMENTS))}")
+        if not 0 < camera_fovy < 180:
+            raise ValueError(f"camera_fovy must be in (0, 180) degrees, got {camera_fovy}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.task, self.render_mode = task, render_mode
@@ -84,6 +92,8 @@ class MetaWorldEnv(gym.Env):
         env.max_path_length = max_episode_steps + 1  # our episodes end first (Meta-World refuses to step past it)
         env.model.vis.quality.offsamples = 0  # no multisampling, no shadow maps: 10x faster offscreen rendering
         env.model.vis.quality.shadowsize = 0
+        env.model.cam_fovy[mujoco.mj_name2id(env.model, mujoco.mjtObj.mjOBJ_CAMERA, FRONT_CAMERA)] = camera_fovy
+        self.camera_fovy = camera_fovy
         self._env = env
         self._renderers: dict[int, mujoco.Renderer] = {}
         image = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
@@ -117,6 +127,9 @@ class MetaWorldEnv(gym.Env):
         self._env.seed(int(self.np_random.integers(2**31)) if seed is None else seed)
         self._phrasing = int(self.np_random.integers(len(instructions(self.task))))
         self.raw_observation, _ = self._env.reset()
+        # Meta-World moves the goal marker in the model (site_pos) without recomputing the scene, so the
+        # first frame would show the previous episode's goal; forward kinematics puts it where it now is.
+        mujoco.mj_forward(self._env.model, self._env.data)
         self._steps, self._succeeded = 0, False
         return self._observation(), self._info()
 

@@ -35,6 +35,22 @@ def test_collect_writes_robomimic_layout(tmp_path):
         assert reader.env_args["env_kwargs"] == {"image_size": 64}
 
 
+def test_collection_can_record_the_expert_past_success(tmp_path):
+    plain = collect("sims/Reach-v0", episodes=2, out=tmp_path / "a.hdf5", seed=5, progress=False,
+                    env_kwargs={"image_size": 32})
+    more = collect("sims/Reach-v0", episodes=2, out=tmp_path / "b.hdf5", seed=5, progress=False,
+                   env_kwargs={"image_size": 32}, after_success=6)
+    assert plain["outcomes"] == more["outcomes"]
+    with EpisodeReader(tmp_path / "a.hdf5") as a, EpisodeReader(tmp_path / "b.hdf5") as b:
+        assert b.env_args["after_success"] == 6
+        for i in range(2):
+            steps = len(a.episode(i).actions)
+            assert a.attrs(i)["success_step"] == steps - 1
+            assert b.attrs(i)["success_step"] == steps - 1 and len(b.episode(i).actions) == steps + 6
+    with pytest.raises(DatasetError, match="after-success"):
+        collect("sims/Reach-v0", episodes=1, out=tmp_path / "c.hdf5", progress=False, after_success=-1)
+
+
 def test_collection_is_the_same_with_one_or_two_workers(tmp_path):
     one = collect("sims/Lift-v0", episodes=3, out=tmp_path / "a.hdf5", seed=0, progress=False)
     two = collect("sims/Lift-v0", episodes=3, out=tmp_path / "b.hdf5", seed=0, workers=2, progress=False)

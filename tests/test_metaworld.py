@@ -39,6 +39,37 @@ def test_an_mt10_task_follows_our_observation_convention():
     env.close()
 
 
+def test_the_first_frame_shows_the_goal_where_the_episode_put_it():
+    """Meta-World moves the goal marker without recomputing the scene; the frame at reset used to show the
+    previous episode's goal (and so taught the policy a wrong goal at every episode's first step)."""
+    env = gym.make("metaworld/reach-v3", image_size=32)
+    inner = env.unwrapped
+    for seed in (1, 2):
+        env.reset(seed=seed)
+        np.testing.assert_allclose(inner._env.data.site("goal").xpos, inner.target_position, atol=1e-6)
+        first = inner._render(sims.metaworld.FRONT_CAMERA, 32)
+        import mujoco
+
+        mujoco.mj_forward(inner._env.model, inner._env.data)
+        np.testing.assert_array_equal(inner._render(sims.metaworld.FRONT_CAMERA, 32), first)
+    env.close()
+
+
+def test_the_corner_camera_can_be_narrowed_from_the_same_pose():
+    wide = gym.make("metaworld/reach-v3", image_size=48)
+    narrow = gym.make("metaworld/reach-v3", image_size=48, camera_fovy=30)
+    a, _ = wide.reset(seed=4)
+    b, _ = narrow.reset(seed=4)
+    np.testing.assert_array_equal(a["state"], b["state"])  # the same scene
+    # The narrow view magnifies the middle of the wide one, where the table and the arm are: the dark
+    # background around the room (a third of the wide view) mostly leaves the frame.
+    background = lambda image: (image.max(-1) < 10).mean()  # noqa: E731
+    assert background(b["image"]) < 0.5 * background(a["image"])
+    wide.close(), narrow.close()
+    with pytest.raises(ValueError, match="camera_fovy"):
+        gym.make("metaworld/reach-v3", camera_fovy=0)
+
+
 def test_every_seed_draws_its_own_layout():
     env = gym.make("metaworld/push-v3", image_size=32).unwrapped
     layouts = set()

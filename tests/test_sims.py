@@ -97,6 +97,22 @@ def test_scripted_expert_succeeds_on_95_percent_of_seeds(env_id):
     assert successes >= 95, f"{env_id}: expert succeeded on {successes}/100 seeds"
 
 
+def test_an_expert_episode_can_go_on_past_its_first_success():
+    env = gym.make("sims/Lift-v0", image_size=32)
+    expert = make_expert(env)
+    short = list(run_episode(env, expert, seed=3))
+    longer = list(run_episode(env, expert, seed=3, after_success=7))
+    env.close()
+    first = short[-1][-1]["success_step"]
+    assert first == len(short) - 1 and len(longer) == len(short) + 7
+    for (obs_a, action_a, *_), (obs_b, action_b, *_) in zip(short, longer):  # the same episode up to there
+        np.testing.assert_array_equal(obs_a["image"], obs_b["image"])
+        np.testing.assert_array_equal(action_a, action_b)
+    assert [row[3] for row in longer] == [False] * (len(longer) - 1) + [True]  # terminated once, at the end
+    assert not any(row[4] for row in longer)
+    assert all(row[-1]["is_success"] for row in longer[first:]) and longer[-1][-1]["success_step"] == first
+
+
 def test_layout_of_seed_is_the_layout_reset_draws():
     env = gym.make("sims/Push-v0", image_size=32).unwrapped
     for seed in (0, 7, 123):

@@ -46,7 +46,8 @@ def cmd_collect(args) -> int:
             _valid_env_id(env_id)
         _check_out_file(out, args.overwrite, args.append)
         summary = collect_suite(suite, args.episodes, out, seed=args.seed or 0, workers=args.workers, noise=args.noise,
-                                env_kwargs=_parse_env_kwargs(args.env_kw), all_targets=args.all_targets)
+                                env_kwargs=_parse_env_kwargs(args.env_kw), all_targets=args.all_targets,
+                                after_success=args.after_success)
         for env_id, row in summary["tasks"].items():
             ok, n = expert_success(row["outcomes"], row["first_seed"], args.episodes)
             print(f"{env_id}: {row['episodes_written']} episodes; expert {ok}/{n} on seeds {row['first_seed']}.."
@@ -67,6 +68,7 @@ def cmd_collect(args) -> int:
         append=args.append,
         all_targets=args.all_targets,
         targets=args.targets,
+        after_success=args.after_success,
     )
     print(
         f"wrote {summary['episodes_written']} episodes to {summary['out']} "
@@ -278,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise on executed actions (DART)")
     p.add_argument("--keep-failures", action="store_true")
+    p.add_argument("--after-success", type=int, default=0, metavar="STEPS",
+                   help="keep recording the expert this many steps past each episode's first success")
     p.add_argument("--targets", nargs="+", default=None, metavar="COLOUR",
                    help="with --all-targets: only these objects are named (hold a colour out of a task's data)")
     p.add_argument("--all-targets", action="store_true",

@@ -24,6 +24,7 @@ class CollectionJob:
     env_id: str
     env_kwargs: dict
     noise: float = 0.0
+    after_success: int = 0  # expert steps recorded after the first success
 
 
 _worker_cache: dict[str, tuple] = {}  # one environment and expert per job and process, built on first use
@@ -57,7 +58,7 @@ def rollout(job: CollectionJob, seed: int, target: str | None = None) -> Episode
     rng = np.random.default_rng([seed, *(ord(c) for c in target or "")])
     unwrapped = env.unwrapped
     for obs, action, reward, terminated, truncated, info in run_episode(env, expert, seed, noise=job.noise, rng=rng,
-                                                                         options=options):
+                                                                         options=options, after_success=job.after_success):
         for key, value in obs.items():
             frames.setdefault(key, []).append(value)
         # Privileged, for auxiliary losses and analysis; never a policy input.
@@ -77,6 +78,7 @@ def rollout(job: CollectionJob, seed: int, target: str | None = None) -> Episode
             "seed": seed,
             "fps": unwrapped.metadata["render_fps"],
             "success": bool(info.get("is_success", False)),
+            "success_step": -1 if info.get("success_step") is None else info["success_step"],
             "noise": job.noise,
         },
     )
@@ -109,6 +111,7 @@ def collect(
     max_attempts_factor: int = 4,
     all_targets: bool = False,
     targets: list[str] | None = None,
+    after_success: int = 0,
 ) -> dict:
     """Write `episodes` expert episodes to `out`; returns a summary dict.
 
@@ -116,14 +119,17 @@ def collect(
     instruction naming a different one: the same first image with different instructions and
     different actions, which teaches a policy to read the instruction. `targets` limits the objects
     named to these colours (a colour held out of a task's demonstrations, for a generalization test).
+    `after_success` keeps each episode going that many expert steps past its first success.
     """
     import sims
 
     env_id = sims.check_env_id(env_id)
     if episodes < 1:
         raise DatasetError(f"--episodes must be at least 1, got {episodes}")
-    job = CollectionJob(env_id=env_id, env_kwargs=dict(env_kwargs or {}), noise=noise)
-    env_args = {"env_name": env_id, "env_kwargs": job.env_kwargs, "noise": noise}
+    if after_success < 0:
+        raise DatasetError(f"--after-success must be at least 0, got {after_success}")
+    job = CollectionJob(env_id=env_id, env_kwargs=dict(env_kwargs or {}), noise=noise, after_success=after_success)
+    env_args = {"env_name": env_id, "env_kwargs": job.env_kwargs, "noise": noise, "after_success": after_success}
     written = failures = attempts = 0
     outcomes: list[tuple[int, bool]] = []  # (seed, expert succeeded), in seed order
     if targets is not None and not all_targets:
@@ -179,18 +185,19 @@ def collect(
 
 
 def collect_suite(suite, episodes: int, out: str | Path, seed: int = 0, workers: int = 1, noise: float = 0.0,
-                  env_kwargs: dict | None = None, progress: bool = True, all_targets: bool = False) -> dict:
+                  env_kwargs: dict | None = None, progress: bool = True, all_targets: bool = False,
+                  after_success: int = 0) -> dict:
     """`episodes` demonstrations of every task of a `vla.suites.Suite` into one store (the tasks mixed,
     each episode's `task` attribute naming its environment); returns the summary per task."""
     out = Path(out)
     kwargs = {**suite.env_kwargs, **(env_kwargs or {})}
     with EpisodeWriter(out, env_args={"suite": suite.name, "tasks": suite.tasks, "env_kwargs": kwargs,
-                                      "noise": noise}):
+                                      "noise": noise, "after_success": after_success}):
         pass
     tasks = {}
     for env_id in suite.tasks:
         tasks[env_id] = collect(env_id, episodes, out, seed=seed, workers=workers, noise=noise, env_kwargs=kwargs,
-                                append=True, progress=progress, all_targets=all_targets)
+                                append=True, progress=progress, all_targets=all_targets, after_success=after_success)
     return {"out": str(out), "suite": suite.name, "tasks": tasks,
             "episodes_in_file": sum(t["episodes_written"] for t in tasks.values())}
 
