@@ -1,14 +1,15 @@
 """Levers of the CPU recipe, measured one at a time on a proxy task with the same wall-clock budget per arm.
 
     python benchmarks/ablation.py [--task sims/Push-v0] [--minutes 10] [--demos 1200] [--episodes 50]
-                                  [--arms base,execute2,wrist,...] [--out runs/ablation]
+                                  [--arms base,execute2,wrist,demos10x+after50,...] [--out runs/ablation]
 
 Every arm starts from the demo recipe (configs/train/demo.yaml: tiny preset, 64 px, chunks of 4, the
 auxiliary target head, DART noise 0.2, all-targets demonstrations at random layouts) and changes one thing.
 A Meta-World task (`--task metaworld/reach-v3`) starts from the MT10 recipe instead (96 px, DART noise 0.1).
 Its number of steps is set from a short throughput probe so that training takes `--minutes` (so a lever that
 slows training pays for it), the cosine schedule runs to its end, and the policy is evaluated on the same
-held-out seeds as every other arm. Demonstrations are collected once per data setting and reused.
+held-out seeds as every other arm. Demonstrations are collected once per data setting and reused. Arms joined
+by `+` make one arm with all their changes.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ ARMS = {
                         train=["model.image_keys=[image,wrist_image]", "model.vision_per_camera=true"]),
     "96px": Arm("96 px images (36 tokens)", env={"image_size": 96}, train=["model.vision.image_size=96"]),
     "128px": Arm("128 px images (64 tokens)", env={"image_size": 128}, train=["model.vision.image_size=128"]),
-    "zoom": Arm("the corner camera narrowed to a 30 degree field of view", env={"camera_fovy": 30}),
+    "fovy60": Arm("Meta-World's own 60 degree view from the corner camera", env={"camera_fovy": 60}),
     "patch8": Arm("8 px patches (64 tokens)", train=["model.vision.patch_size=8"]),
     "chunk8": Arm("chunks of 8 actions", train=["model.chunk_size=8"]),
     "dart0": Arm("no DART noise", noise=0.0),

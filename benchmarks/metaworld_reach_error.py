@@ -6,7 +6,8 @@ or in depth and height?
 POLICY_DIR is a checkpoint or an export of a policy trained on metaworld/reach-v3 (alone or in MT10).
 Each episode runs every action of each chunk until success or Meta-World's 500 steps; the hand and the goal
 are read from the environment's privileged 39-d observation (first and last three values). The corner2
-camera looks along +y, so x is across the image, y is depth and z is height.
+camera looks along +y, so x is across the image, y is depth and z is height. Success itself is judged at the
+fingertips, about 5 cm below the hand (benchmarks/metaworld_reach_tolerance.py).
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ def main() -> int:
     import gymnasium as gym
 
     import sims  # noqa: F401  (registers metaworld/ ids)
+    from vla.data.store import env_kwargs_for
     from vla.policy import load_policy
 
     policy = load_policy(args.policy, device="cpu")
-    image_size = policy.metadata.get("image_size", 96)
-    env = gym.make("metaworld/reach-v3", image_size=image_size)
+    # The camera settings the policy was demonstrated with (image size, field of view), as `vla eval` uses them
+    env = gym.make("metaworld/reach-v3", **env_kwargs_for(policy.metadata.get("env_args", {}), "metaworld/reach-v3"))
     print("| seed | success | steps | distance | x error | y error (depth) | z error (height) |")
     print("|---|---|---|---|---|---|---|")
     misses = []

@@ -56,8 +56,8 @@ def test_the_first_frame_shows_the_goal_where_the_episode_put_it():
 
 
 def test_the_corner_camera_can_be_narrowed_from_the_same_pose():
-    wide = gym.make("metaworld/reach-v3", image_size=48)
-    narrow = gym.make("metaworld/reach-v3", image_size=48, camera_fovy=30)
+    wide = gym.make("metaworld/reach-v3", image_size=48, camera_fovy=sims.metaworld.META_WORLD_FOVY)
+    narrow = gym.make("metaworld/reach-v3", image_size=48)  # 30 degrees
     a, _ = wide.reset(seed=4)
     b, _ = narrow.reset(seed=4)
     np.testing.assert_array_equal(a["state"], b["state"])  # the same scene

@@ -46,9 +46,12 @@ def recipe(tmp_path, demos, **extra) -> str:
     return str(path)
 
 
+def metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def losses(run_dir) -> list[float]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if "loss" in r]
+    return [r["loss"] for r in metrics(run_dir) if "loss" in r]
 
 
 def test_training_writes_config_metrics_checkpoints_and_policy(tmp_path, demos):
@@ -72,7 +75,7 @@ def test_evaluation_runs_every_eval_every_steps_off_the_checkpoint_schedule(tmp_
     config = load_train_config(recipe(tmp_path, demos), ["checkpoint_every=4", "eval.every=3"])
     train(config, tmp_path / "run", progress=False, evaluate_fn=evaluate_fn)
     assert evaluated == [3, 6, 8]
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(tmp_path / "run")
     assert [r["step"] for r in rows if "eval_success_rate" in r] == [3, 6, 8]
 
 
@@ -101,6 +104,9 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, demo
     summary = train(config, tmp_path / "resumed", progress=False)
     assert summary["resumed_from"] == 4
     np.testing.assert_allclose(losses(tmp_path / "resumed"), losses(tmp_path / "straight"), rtol=1e-5)
+    # the clock goes on from the checkpoint: training time counts both sessions
+    clock = [r["elapsed_s"] for r in metrics(tmp_path / "resumed") if "elapsed_s" in r]
+    assert clock == sorted(clock) and summary["train_wall_s"] >= clock[-1] > clock[3] > 0
     a = load_file(tmp_path / "straight" / "policy" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "policy" / "model.safetensors")
     for key in a:
@@ -251,6 +257,23 @@ def test_lazy_frames_and_dataloader_workers_train_exactly_as_frames_in_memory(tm
         train(load_train_config(recipe(tmp_path, demos), ["data.frames=mmap"]), tmp_path / "bad", progress=False)
 
 
+@pytest.mark.slow  # compiling takes most of a minute
+def test_a_compiled_model_trains_as_the_plain_one_and_saves_the_same_checkpoint(tmp_path, demos):
+    from vla.model.vla import VLA
+
+    for name, compiled in (("plain", "false"), ("compiled", "true")):
+        train(load_train_config(recipe(tmp_path, demos), [f"compile={compiled}", "steps=4", "checkpoint_every=2",
+                                                          "data.val_episodes=2", "eval.val_every=2"]),
+              tmp_path / name, progress=False)
+    np.testing.assert_allclose(losses(tmp_path / "compiled"), losses(tmp_path / "plain"), rtol=1e-4)
+    plain = load_file(tmp_path / "plain" / "policy" / "model.safetensors")
+    compiled = load_file(tmp_path / "compiled" / "policy" / "model.safetensors")
+    assert sorted(compiled) == sorted(plain)  # no torch.compile wrapper in the parameter names
+    for key, value in plain.items():
+        np.testing.assert_allclose(compiled[key].numpy(), value.numpy(), atol=1e-4, err_msg=key)
+    VLA.from_pretrained(tmp_path / "compiled" / "policy")
+
+
 def test_a_validation_split_holds_out_episodes_and_logs_their_loss(tmp_path, demos):
     from vla.data.dataset import validation_split
 
@@ -259,7 +282,7 @@ def test_a_validation_split_holds_out_episodes_and_logs_their_loss(tmp_path, dem
     assert validation_split(12, 2, seed=3)[1] == validation_split(12, 2, seed=3)[1]  # a count; repeatable
     config = load_train_config(recipe(tmp_path, demos), ["data.val_episodes=0.25", "eval.val_every=4"])
     train(config, tmp_path / "run", progress=False)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(tmp_path / "run")
     validated = [r for r in rows if "val_loss" in r]
     assert [r["step"] for r in validated] == [4, 8] and all(np.isfinite(r["val_loss"]) for r in validated)
     meta = json.loads((tmp_path / "run" / "policy" / "config.json").read_text())["meta"]

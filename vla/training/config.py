@@ -67,6 +67,9 @@ class TrainConfig:
     deterministic: bool = False
     mixed_precision: str = "auto"  # auto: bf16 on a GPU, fp32 on a CPU; or "no", "bf16"
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    # torch.compile the model's forward and backward (about a minute of compiling first; measured by
+    # benchmarks/train_throughput.py --compile). The weights, checkpoints and exports are the same.
+    compile: bool = False
     log_every: int = 25
     checkpoint_every: int = 500
     keep_checkpoints: int = 2

@@ -275,7 +275,10 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
     # The scheduler stays outside accelerate so it steps once per optimizer step, whatever the process count.
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped: VLA = accelerator.unwrap_model(model)
+    if config.compile:
+        unwrapped.compile()  # in place: parameter names, and so checkpoints, stay those of the plain module
     start_step = 0
+    state = {}
     if prep.resume_from is not None:
         state = load_trainer_state(prep.resume_from)
         restore_optimizer(model, optimizer, state["optimizer"])  # after prepare: FSDP has sharded it
@@ -285,6 +288,9 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
 
     metrics_path = out_dir / METRICS_FILE
     history = _read_metrics(metrics_path, start_step) if main else []
+    # A resumed run's clock continues from its checkpoint, so that elapsed_s and train_wall_s count the whole
+    # run's training (checkpoints written before train_s existed: the metrics logged at their step).
+    earlier_seconds = state.get("train_s", next((r["elapsed_s"] for r in reversed(history) if "elapsed_s" in r), 0.0))
     if main:
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
     writer = None
@@ -340,7 +346,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
                 "l1": _decoded_l1(unwrapped, dataset, batch, out["predicted_ids"], indices[micro_batches[-1]]),
                 "lr": scheduler.get_last_lr()[0],
                 "samples_per_s": window["n"] * config.batch_size / max(elapsed, 1e-9),
-                "elapsed_s": time.perf_counter() - train_start - eval_seconds,  # training time, evaluations apart
+                "elapsed_s": earlier_seconds + time.perf_counter() - train_start - eval_seconds,  # evaluations apart
             }
             if validate is not None and (done % config.eval.val_every == 0 or done == config.steps):
                 row.update(validate(model))
@@ -364,6 +370,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
                     "scheduler": scheduler.state_dict(),
                     "rng": rng_states(),
                     "config": to_dict(config),
+                    "train_s": earlier_seconds + time.perf_counter() - train_start - eval_seconds,
                 }
                 checkpoint = save_checkpoint(out_dir, done, unwrapped, weights, state, config.keep_checkpoints)
                 if evaluating:
@@ -378,9 +385,10 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
             bar.close()
             return {"stopped_at": done}
     bar.close()
-    wall = time.perf_counter() - train_start - eval_seconds
-    summary = {**last, "steps": config.steps, "resumed_from": start_step, "processes": world, "train_wall_s": wall,
-               "eval_wall_s": eval_seconds, "mean_samples_per_s": samples_done / max(wall, 1e-9)}
+    wall = time.perf_counter() - train_start - eval_seconds  # this session's
+    summary = {**last, "steps": config.steps, "resumed_from": start_step, "processes": world,
+               "train_wall_s": earlier_seconds + wall, "eval_wall_s": eval_seconds,
+               "mean_samples_per_s": samples_done / max(wall, 1e-9)}
     if weights is None:  # resumed a finished run: no step ran
         weights, _ = gather_full_state(model, optimizer)
     if main:
