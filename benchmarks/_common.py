@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: randomly initialised models of a preset (latency does not depend on weights)."""
+"""Shared by the benchmark scripts: randomly initialised models of a preset (latency does not depend on weights),
+and demonstrations collected once and reused."""
 
 from __future__ import annotations
 
@@ -39,3 +40,17 @@ def observation(model, seed: int = 0) -> dict:
     if model.config.state_dim:
         obs["state"] = rng.normal(size=model.config.state_dim).astype(np.float32)
     return obs
+
+
+def collected(path: Path, task: str, **collect_kwargs) -> Path:
+    """`path`, collected with `vla.data.collect.collect(task, out=path, progress=False, **collect_kwargs)` unless it
+    exists; written under another name and renamed, so an interrupted collection is never reused."""
+    from vla.data.collect import collect
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial.hdf5")
+        partial.unlink(missing_ok=True)
+        collect(task, out=partial, progress=False, **collect_kwargs)
+        partial.replace(path)
+    return path

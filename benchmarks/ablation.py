@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import collected  # noqa: E402
 from heldout_phrasings import heldout_rephraser  # noqa: E402
 
 
@@ -102,7 +104,6 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     args = parser.parse_args()
 
-    from vla.data.collect import collect
     from vla.evaluation import evaluate
     from vla.policy import TorchPolicy
     from vla.training.config import load_train_config
@@ -131,14 +132,8 @@ def main() -> int:
         after_success = source.after_success or 0
         key = "_".join([args.task.replace("/", "_"), *(f"{k}={v}" for k, v in sorted(data_env.items())),
                         f"noise={noise}", f"n={demos}", *([f"after={after_success}"] if after_success else [])])
-        data = args.out / "data" / f"{key}.hdf5"
-        if not data.exists():
-            data.parent.mkdir(parents=True, exist_ok=True)
-            partial = data.with_suffix(".partial.hdf5")
-            partial.unlink(missing_ok=True)
-            collect(args.task, episodes=demos, out=partial, seed=0, workers=2, noise=noise,
-                    env_kwargs=data_env, all_targets=family.all_targets, progress=False, after_success=after_success)
-            partial.replace(data)
+        data = collected(args.out / "data" / f"{key}.hdf5", args.task, episodes=demos, seed=0, workers=2, noise=noise,
+                         env_kwargs=data_env, all_targets=family.all_targets, after_success=after_success)
         run = args.out / (arm.reuse or name)
         if not (run / "train" / "policy").exists():
             # eval.every=0: each arm is evaluated below, on the same held-out seeds as the others

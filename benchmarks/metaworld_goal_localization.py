@@ -14,10 +14,14 @@ fingertips come within 5 cm of the goal (benchmarks/metaworld_reach_tolerance.py
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import collected  # noqa: E402
 
 
 def load_frames(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,18 +84,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/localization"))
     args = parser.parse_args()
 
-    from vla.data.collect import collect
-
     results = {}
     for fovy in args.fovy:
-        data = args.out / f"{args.task.replace('/', '_')}_fovy{fovy:g}_{args.image_size}px_n{args.demos}.hdf5"
-        if not data.exists():
-            data.parent.mkdir(parents=True, exist_ok=True)
-            partial = data.with_suffix(".partial.hdf5")
-            partial.unlink(missing_ok=True)
-            collect(args.task, episodes=args.demos, out=partial, seed=0, workers=2, noise=0.1, progress=False,
-                    env_kwargs={"image_size": args.image_size, "camera_fovy": fovy})
-            partial.replace(data)
+        data = collected(args.out / f"{args.task.replace('/', '_')}_fovy{fovy:g}_{args.image_size}px_n{args.demos}.hdf5",
+                         args.task, episodes=args.demos, seed=0, workers=2, noise=0.1,
+                         env_kwargs={"image_size": args.image_size, "camera_fovy": fovy})
         results[fovy] = train_localizer(*load_frames(data), args.steps, args.image_size)
         print(f"fovy {fovy:g}: done", flush=True)
     print(f"\n{args.task}, {args.demos} demonstrations ({args.image_size} px), the goal's position read by the tiny "

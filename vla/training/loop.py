@@ -311,6 +311,11 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
     window_start = time.perf_counter()
     train_start = time.perf_counter()
     eval_seconds = 0.0  # simulation evaluation during training, reported apart
+
+    def training_seconds() -> float:
+        """The whole run's training time so far, earlier sessions included, evaluations apart."""
+        return earlier_seconds + time.perf_counter() - train_start - eval_seconds
+
     samples_done = 0
     last = {}
     weights = None  # the last checkpoint's gathered weights: the final step always checkpoints
@@ -346,7 +351,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
                 "l1": _decoded_l1(unwrapped, dataset, batch, out["predicted_ids"], indices[micro_batches[-1]]),
                 "lr": scheduler.get_last_lr()[0],
                 "samples_per_s": window["n"] * config.batch_size / max(elapsed, 1e-9),
-                "elapsed_s": earlier_seconds + time.perf_counter() - train_start - eval_seconds,  # evaluations apart
+                "elapsed_s": training_seconds(),
             }
             if validate is not None and (done % config.eval.val_every == 0 or done == config.steps):
                 row.update(validate(model))
@@ -370,7 +375,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
                     "scheduler": scheduler.state_dict(),
                     "rng": rng_states(),
                     "config": to_dict(config),
-                    "train_s": earlier_seconds + time.perf_counter() - train_start - eval_seconds,
+                    "train_s": training_seconds(),
                 }
                 checkpoint = save_checkpoint(out_dir, done, unwrapped, weights, state, config.keep_checkpoints)
                 if evaluating:
@@ -385,10 +390,9 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, stop_
             bar.close()
             return {"stopped_at": done}
     bar.close()
-    wall = time.perf_counter() - train_start - eval_seconds  # this session's
-    summary = {**last, "steps": config.steps, "resumed_from": start_step, "processes": world,
-               "train_wall_s": earlier_seconds + wall, "eval_wall_s": eval_seconds,
-               "mean_samples_per_s": samples_done / max(wall, 1e-9)}
+    wall = training_seconds()
+    summary = {**last, "steps": config.steps, "resumed_from": start_step, "processes": world, "train_wall_s": wall,
+               "eval_wall_s": eval_seconds, "mean_samples_per_s": samples_done / max(wall - earlier_seconds, 1e-9)}
     if weights is None:  # resumed a finished run: no step ran
         weights, _ = gather_full_state(model, optimizer)
     if main:
