@@ -154,7 +154,8 @@ def _train_cli(config: str, out, processes: int) -> dict:
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     run = subprocess.run([*launcher, "-m", "vla.cli", "train", "--config", config, "--out", str(out)],
                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert run.returncode == 0, run.stderr[-3000:]
+    # The failing rank's traceback comes first; torchrun's summary of it last.
+    assert run.returncode == 0, run.stderr[:4000] + "\n...\n" + run.stderr[-1500:]
     return json.loads((out / "train_summary.json").read_text())
 
 

@@ -1,4 +1,4 @@
-"""Write a directory so that readers see either nothing or all of it."""
+"""Write a file or directory so that readers see either nothing or all of it."""
 
 from __future__ import annotations
 
@@ -23,4 +23,20 @@ def atomic_directory(path: str | Path):
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def atomic_file(path: str | Path):
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename. Several
+    processes may write the same file at once (each rank of a run): a reader never sees a torn one."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise

@@ -22,6 +22,7 @@ from accelerate.utils import DistributedType, set_seed
 from safetensors.torch import load_model
 from tqdm import tqdm
 
+from vla.atomic import atomic_file
 from vla.config import diff, from_dict, to_dict
 from vla.data.dataset import DemoDataset, compute_norm_stats, load_episodes, validation_split
 from vla.data.store import EpisodeReader
@@ -133,9 +134,13 @@ def _text_tokenizer(config: TrainConfig, instructions: list[str], out_dir: Path,
     if config.model.backbone.pretrained:
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(config.model.backbone.pretrained).backend_tokenizer.save(str(path))
+        tokenizer = AutoTokenizer.from_pretrained(config.model.backbone.pretrained).backend_tokenizer
     else:
-        train_bpe(instructions, config.model.text_vocab_size).save(str(path))
+        tokenizer = train_bpe(instructions, config.model.text_vocab_size)
+    # Every rank writes it (the same bytes) and reads it back at once: a plain save truncated the file
+    # under another rank's reader.
+    with atomic_file(path) as tmp:
+        tokenizer.save(str(tmp))
     return path
 
 
