@@ -1,6 +1,7 @@
 """Success with the demonstrations' phrasings against phrasings they never used.
 
-    python benchmarks/phrasings.py POLICY_DIR [--suite builtin] [--episodes 50] [--seed 300000] [--workers 2]
+    python benchmarks/phrasings.py POLICY_DIR [--suite builtin] [--tasks sims/Reach-v0,...] [--episodes 50]
+                                   [--seed 300000] [--workers 2]
 
 POLICY_DIR is a checkpoint or an export. Without --suite the task is the one its training data came from;
 with it, every task of the suite (a multi-task policy). For each task both rows run the same seeds (the same
@@ -23,6 +24,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("policy")
     parser.add_argument("--suite", default=None, help="evaluate every task of this suite (configs/suites/)")
+    parser.add_argument("--tasks", default=None, help="only these of the suite's tasks (comma-separated ids)")
     parser.add_argument("--episodes", type=int, default=50, help="per task and phrasing set")
     parser.add_argument("--seed", type=int, default=300_000)
     parser.add_argument("--workers", type=int, default=1)
@@ -42,6 +44,11 @@ def main() -> int:
     else:
         env_args = policy.metadata.get("env_args", {})
         env_ids, env_kwargs = [env_args["env_name"]], dict(env_args.get("env_kwargs", {}))
+    if args.tasks:
+        unknown = sorted(set(args.tasks.split(",")) - set(env_ids))
+        if unknown:
+            parser.error(f"--tasks {unknown} not among {env_ids}")
+        env_ids = [e for e in env_ids if e in args.tasks.split(",")]
     print(f"{', '.join(env_ids)} {env_kwargs}, {args.episodes} episodes per row from seed {args.seed}\n")
     print("| task | phrasings | success | 95% CI | examples |")
     print("|---|---|---|---|---|")

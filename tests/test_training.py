@@ -306,3 +306,24 @@ def test_instruction_noise_swaps_in_random_words_repeatably(tmp_path, demos):
     train(config, tmp_path / "a", progress=False)
     train(config, tmp_path / "b", progress=False)
     np.testing.assert_allclose(losses(tmp_path / "a"), losses(tmp_path / "b"), rtol=1e-6)  # a function of the step
+
+
+def test_a_word_tokenizer_reads_every_unseen_word_as_one_unknown(tmp_path, demos):
+    from policies.preprocess import PromptTokenizer
+    from vla.policy import load_policy
+
+    config = load_train_config(recipe(tmp_path, demos), ["model.text_tokenizer=words", "data.instruction_noise=0.5",
+                                                         "steps=2"])
+    train(config, tmp_path / "run", progress=False)
+    policy = load_policy(tmp_path / "run")
+    prompts = PromptTokenizer(policy.model.text_tokenizer_file, 32, policy.model.pad_id)  # the deploy side's reader
+    unk = prompts.tokenizer.token_to_id("<unk>")
+    known, unseen = prompts.token_ids("reach the red cube"), prompts.token_ids("approach the red cube")
+    assert unk not in known and len(unseen) == len(known) and unseen.count(unk) == 1
+    assert prompts.token_ids("shove the red cube") == unseen  # one unknown word reads as any other
+    np.testing.assert_array_equal(policy.act(observation(prompt="shove the red cube")),
+                                  policy.act(observation(prompt="approach the red cube")))
+    assert prompts.tokenizer.get_vocab_size() < 40  # the instructions' words, the template's and 4 specials
+
+    with pytest.raises(ConfigError, match="text_tokenizer"):
+        load_train_config(recipe(tmp_path, demos), ["model.text_tokenizer=chars"])

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from vla.config import find_config, from_dict, load_yaml, merge
 from vla.errors import ConfigError
 from vla.model.quantization import QUANTIZATIONS
+from vla.model.text import TEXT_TOKENIZERS
 
 PROJECTORS = ("linear", "mlp")
 FUSIONS = ("prefix", "cross_attention")
@@ -88,7 +89,10 @@ class ModelConfig:
     state_dim: int | None = None  # S; None: from the data; 0: no proprioceptive token
     n_bins: int = 256
     max_prompt_tokens: int = 32
-    text_vocab_size: int = 512  # size of the BPE trained on the instructions (from-scratch backbones)
+    # From-scratch backbones: "bpe" (byte-level, text_vocab_size pieces) or "words" (one token per
+    # word of the instructions, any other word <unk>); vla/model/text.py.
+    text_tokenizer: str = "bpe"
+    text_vocab_size: int = 512
     # A training-only head on the image tokens: "actions" predicts the chunk, "target" the named object's
     # position (privileged, recorded by `vla collect`); it gives the vision tower a direct signal.
     aux_loss: str = "none"
@@ -100,6 +104,7 @@ class ModelConfig:
             ("fusion", self.fusion, FUSIONS),
             ("decoding", self.decoding, DECODINGS),
             ("aux_loss", self.aux_loss, AUX_LOSSES),
+            ("text_tokenizer", self.text_tokenizer, TEXT_TOKENIZERS),
         ):
             if value not in valid:
                 raise ValueError(f"{name} must be one of {', '.join(valid)}, got {value!r}")

@@ -1,5 +1,5 @@
-"""Text tokenizers: a small byte-level BPE trained on the instructions (from-scratch backbones),
-or the pretrained backbone's own `tokenizer.json`."""
+"""Text tokenizers for from-scratch backbones, learned from the instructions (a small byte-level BPE, or
+one token per word with every unseen word as `<unk>`), or the pretrained backbone's own `tokenizer.json`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,18 @@ from vla.errors import CheckpointError
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 TOKENIZER_FILE = "tokenizer.json"
+TEXT_TOKENIZERS = ("bpe", "words")
+
+
+def train_text_tokenizer(kind: str, instructions: list[str], vocab_size: int) -> Tokenizer:
+    """The tokenizer a from-scratch backbone reads its instructions with; `kind` is one of TEXT_TOKENIZERS."""
+    if kind == "words":
+        return train_words(instructions)
+    return train_bpe(instructions, vocab_size)
+
+
+def _prompts(instructions: list[str]) -> list[str]:
+    return [PROMPT_TEMPLATE.format(instruction=i.strip().rstrip("?.!").lower()) for i in instructions]
 
 
 def train_bpe(instructions: list[str], vocab_size: int) -> Tokenizer:
@@ -26,8 +38,22 @@ def train_bpe(instructions: list[str], vocab_size: int) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    prompts = [PROMPT_TEMPLATE.format(instruction=i.strip().rstrip("?.!").lower()) for i in instructions]
-    tokenizer.train_from_iterator(prompts, trainer=trainer)
+    tokenizer.train_from_iterator(_prompts(instructions), trainer=trainer)
+    return tokenizer
+
+
+def train_words(instructions: list[str]) -> Tokenizer:
+    """One token per word of the prompts; any other word is the one `<unk>` token.
+
+    A word the instructions never used then reads as "a word I do not know" rather than as byte pieces
+    the model never saw together; trained with `data.instruction_noise` (random strings, so `<unk>`),
+    the policy learns to act on the words it knows around it.
+    """
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, show_progress=False)
+    tokenizer.train_from_iterator(_prompts(instructions), trainer=trainer)
     return tokenizer
 
 

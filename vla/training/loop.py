@@ -29,7 +29,7 @@ from vla.data.store import EpisodeReader
 from vla.errors import ConfigError, DatasetError
 from vla.model.checkpoint import WEIGHTS_FILE, load_weights, observation_encoder
 from vla.model.config import ModelConfig
-from vla.model.text import TOKENIZER_FILE, train_bpe
+from vla.model.text import TOKENIZER_FILE, train_text_tokenizer
 from vla.model.vla import VLA
 from vla.training.checkpoints import (
     gather_full_state,
@@ -136,7 +136,7 @@ def _text_tokenizer(config: TrainConfig, instructions: list[str], out_dir: Path,
 
         tokenizer = AutoTokenizer.from_pretrained(config.model.backbone.pretrained).backend_tokenizer
     else:
-        tokenizer = train_bpe(instructions, config.model.text_vocab_size)
+        tokenizer = train_text_tokenizer(config.model.text_tokenizer, instructions, config.model.text_vocab_size)
     # Every rank writes it (the same bytes) and reads it back at once: a plain save truncated the file
     # under another rank's reader.
     with atomic_file(path) as tmp:
