@@ -129,6 +129,13 @@ def test_a_suite_collects_into_one_store_and_evaluates_into_one_eval_json(tmp_pa
     with EpisodeReader(tmp_path / "mt.hdf5") as reader:
         assert sorted({reader.attrs(i)["task"] for i in range(4)}) == sorted(suite.tasks)
         assert reader.env_args["suite"] == "mini" and reader.action_space["hold"] == [0.0, 0.0, 0.0, None]
+        # Each task's settings as it ran, defaults included: the store keeps its view if a default changes
+        from sims.metaworld import FRONT_CAMERA_FOVY
+
+        for task in suite.tasks:
+            settings = reader.env_args["task_env_kwargs"][task]
+            assert settings["image_size"] == 32 and settings["camera_fovy"] == FRONT_CAMERA_FOVY
+            assert not {"task", "render_mode", "render_size", "max_episode_steps"} & set(settings)
 
     result = evaluate_suite(StandStill(), suite, 2, seed=100_000, env_kwargs={"max_episode_steps": 10},
                             out_dir=tmp_path / "eval", videos=1, progress=False)

@@ -7,6 +7,7 @@ alone, never on the number of workers.
 
 from __future__ import annotations
 
+import inspect
 import json
 import multiprocessing as mp
 from dataclasses import dataclass
@@ -28,6 +29,21 @@ class CollectionJob:
 
 
 _worker_cache: dict[str, tuple] = {}  # one environment and expert per job and process, built on first use
+
+
+# Constructor arguments that are not how the demonstrations looked or acted: the id names the task, and
+# rendering for videos and the episode's length are the evaluator's to choose.
+NOT_SETTINGS = ("task", "render_mode", "render_size", "max_episode_steps")
+
+
+def effective_settings(env, given: dict) -> dict:
+    """`given`, and every other setting of the environment's constructor at the value it took, so that a store
+    says what its frames were rendered with even after a default changes (Meta-World's view went from 60 to 30
+    degrees: a store that recorded only what was passed was then evaluated through the new view)."""
+    parameters = inspect.signature(type(env.unwrapped).__init__).parameters
+    taken = {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    taken.update(env.spec.kwargs if env.spec is not None else {})
+    return {**{k: v for k, v in taken.items() if k not in NOT_SETTINGS}, **given}
 
 
 def _make(job: CollectionJob):
@@ -129,7 +145,6 @@ def collect(
     if after_success < 0:
         raise DatasetError(f"--after-success must be at least 0, got {after_success}")
     job = CollectionJob(env_id=env_id, env_kwargs=dict(env_kwargs or {}), noise=noise, after_success=after_success)
-    env_args = {"env_name": env_id, "env_kwargs": job.env_kwargs, "noise": noise, "after_success": after_success}
     written = failures = attempts = 0
     outcomes: list[tuple[int, bool]] = []  # (seed, expert succeeded), in seed order
     if targets is not None and not all_targets:
@@ -140,6 +155,8 @@ def collect(
         raise DatasetError(f"--targets {unknown}: the scene's objects are {colors}")
     targets = [c for c in colors if targets is None or c in targets]
     env, _ = _make(job)
+    env_args = {"env_name": env_id, "env_kwargs": effective_settings(env, job.env_kwargs), "noise": noise,
+                "after_success": after_success}
     action_space = {"names": env.unwrapped.metadata.get("action_names"), "hold": env.unwrapped.metadata.get("action_hold")}
     with EpisodeWriter(out, env_args=env_args, append=append, action_space=action_space) as writer:
         if seed is None:
