@@ -327,3 +327,10 @@ def test_a_word_tokenizer_reads_every_unseen_word_as_one_unknown(tmp_path, demos
 
     with pytest.raises(ConfigError, match="text_tokenizer"):
         load_train_config(recipe(tmp_path, demos), ["model.text_tokenizer=chars"])
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in (ROOT / "configs/train").glob("*.yaml")))
+def test_every_shipped_recipe_loads_with_its_model_preset(name):
+    config = load_train_config(name)  # unknown keys and invalid choices raise ConfigError
+    assert config.data.paths and config.steps >= 1
+    assert config.model.chunk_size >= 1
