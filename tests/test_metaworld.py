@@ -94,6 +94,21 @@ def test_the_shipped_expert_solves_the_task(task):
     assert successes == 2
 
 
+@pytest.mark.parametrize("task", sims.metaworld.FINGERTIP_GOAL_TASKS)
+def test_the_reach_expert_brings_the_fingertips_to_the_goal(task):
+    """Success is the fingertips within 5 cm of the goal; Meta-World's expert alone parks the hand's reference
+    point, 4.7 cm above them, on the goal, so its demonstrations would end on the edge of the success region."""
+    env = gym.make(f"metaworld/{task}", image_size=16).unwrapped
+    expert = make_expert(env)
+    for seed in range(2):
+        env.reset(seed=seed)
+        for _ in range(150):  # past the first success, which would end the episode
+            env.step(expert.act())
+        assert np.linalg.norm(env._env.tcp_center - env.target_position) < 0.01
+        assert np.linalg.norm(env.raw_observation[:3] - env.target_position) > 0.03  # the hand sits above it
+    env.close()
+
+
 def test_bad_task_and_suite_names_list_the_valid_ones(monkeypatch):
     from vla.errors import ConfigError
     from vla.suites import load_suite
