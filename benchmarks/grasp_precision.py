@@ -1,0 +1,168 @@
+"""How precise a grasp must be on a built-in task, and how precise a trained policy's grasps are.
+
+    python benchmarks/grasp_precision.py POLICY [--task sims/Lift-v0] [--episodes 50] [--offsets 0 5 10 15 20]
+        [--store runs/builtin/demos.hdf5]
+
+Both parts run the task's environment as the policy's demonstrations were collected (their recorded settings).
+
+1. The task's own expert with its grasp aimed a fixed distance (mm) from the named cube's centre, in a random
+   horizontal direction per episode, on the same seeds for every distance: what error a grasp tolerates.
+2. The policy on the same task: where its gripper first closes near the table, relative to the named cube (mm),
+   for the episodes it wins and those it loses, and, with `--store` (the demonstrations whose statistics
+   standardized the auxiliary target), how far its auxiliary head places the cube from where it is in the
+   first frame: whether a miss is the vision's reading of the scene or the action taken on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+CLOSE_HEIGHT = 0.03  # a close above this is not a grasp attempt
+
+
+class _AimedOff:
+    """The env as the expert sees it, with the named cube moved `offset` (m) sideways: the expert's grasp is
+    aimed there, while the physics and the success check see the real cube."""
+
+    def __init__(self, env, offset: np.ndarray):
+        self._env, self._offset = env, np.append(offset, 0.0)
+
+    def __getattr__(self, name):
+        return getattr(self._env, name)
+
+    @property
+    def unwrapped(self):
+        return self
+
+    def object_position(self, color: str) -> np.ndarray:
+        position = self._env.object_position(color)
+        return position + self._offset if color == self._env.target else position
+
+
+def expert_tolerance(task: str, env_kwargs: dict, offsets_mm: list[float], episodes: int, seed: int) -> None:
+    import gymnasium as gym
+
+    from sims.experts import EXPERTS, run_episode
+    from vla.evaluation import wilson_interval
+
+    env = gym.make(task, **env_kwargs)
+    angles = np.random.default_rng(0).uniform(0, 2 * np.pi, episodes)
+    print("| grasp aimed off the cube's centre | expert success | 95% CI (Wilson) |\n|---|---|---|")
+    for offset in offsets_mm:
+        successes = 0
+        for episode, angle in enumerate(angles):
+            aimed = _AimedOff(env.unwrapped, offset / 1000 * np.array([np.cos(angle), np.sin(angle)]))
+            for *_, info in run_episode(env, EXPERTS[env.unwrapped.task.name](aimed), seed + episode):
+                pass
+            successes += info["is_success"]
+        low, high = wilson_interval(successes, episodes)
+        print(f"| {offset:g} mm | {successes}/{episodes} | {100 * low:.0f}% - {100 * high:.0f}% |", flush=True)
+    env.close()
+
+
+def _aux_reader(model, store: str | None):
+    """image observation -> the auxiliary head's cube position (m), or None without a target head or store."""
+    if model.aux_head is None or model.config.aux_loss != "target" or store is None:
+        return None
+    import h5py
+    import torch
+
+    with h5py.File(store, "r") as f:
+        positions = np.concatenate([group["obs/target_position"][:] for group in f["data"].values()])
+    mean, spread = positions.mean(0), positions.std(0)
+
+    @torch.no_grad()
+    def read(observation: dict) -> np.ndarray:
+        batch = model.prepare([observation])
+        standardized = model.aux_head(model.encode_images(batch), None)[0].float().numpy()
+        return mean + standardized * spread
+
+    return read
+
+
+def _where(inner) -> str:
+    """Where the gripper is, in words: over which cube (within 2 cm sideways), and how high."""
+    height = f"{100 * inner.tcp[2]:.1f} cm up"
+    for color in inner.placed_colors:
+        if np.linalg.norm(inner.tcp[:2] - inner.object_position(color)[:2]) < 0.02:
+            return f"over the {'named' if color == inner.target else 'other'} {color} cube, {height}"
+    return f"over no cube, {height}"
+
+
+def policy_grasps(policy, task: str, env_kwargs: dict, episodes: int, seed: int, store: str | None) -> None:
+    import gymnasium as gym
+
+    read_cube = _aux_reader(policy.model, store)
+    env = gym.make(task, **env_kwargs)
+    inner = env.unwrapped
+    rows = []  # (success, first close error mm or nan, closes, aux error mm or nan)
+    losses = []
+    for episode in range(episodes):
+        obs, info = env.reset(seed=seed + episode)
+        instruction = info["instruction"]
+        aux_error = np.nan
+        if read_cube is not None:
+            aux_error = 1000 * np.linalg.norm((read_cube({**obs, "prompt": instruction}) - inner.target_position)[:2])
+        closed, closes, first_error, done, highest = False, 0, np.nan, False, 0.0
+        while not done:
+            for action in policy.act({**obs, "prompt": instruction}):
+                closing = action[-1] > 0
+                if closing and not closed and inner.tcp[2] < CLOSE_HEIGHT:
+                    closes += 1
+                    if np.isnan(first_error):
+                        first_error = 1000 * np.linalg.norm(inner.tcp[:2] - inner.target_position[:2])
+                closed = closing
+                obs, _, terminated, truncated, info = env.step(action)
+                highest = max(highest, float(inner.target_position[2]))
+                if done := terminated or truncated:
+                    break
+        rows.append((bool(info["is_success"]), first_error, closes, aux_error))
+        if not info["is_success"]:
+            losses.append(f"| {seed + episode} | {instruction} | {closes} | {_where(inner)} | {100 * highest:.1f} cm |")
+    env.close()
+
+    print("\n| episodes | count | first close: median mm from the cube (25th-75th) | closes per episode "
+          "| auxiliary head's cube, median mm off (first frame) |\n|---|---|---|---|---|")
+    for label, won in (("won", True), ("lost", False)):
+        subset = [r for r in rows if r[0] == won]
+        if not subset:
+            continue
+        errors = np.array([r[1] for r in subset])
+        errors = errors[~np.isnan(errors)]
+        spread = (f"{np.median(errors):.1f} ({np.percentile(errors, 25):.1f}-{np.percentile(errors, 75):.1f})"
+                  if len(errors) else "no close")
+        aux = np.array([r[3] for r in subset])
+        aux_text = f"{np.nanmedian(aux):.1f}" if not np.all(np.isnan(aux)) else "-"
+        print(f"| {label} | {len(subset)} | {spread} | {np.mean([r[2] for r in subset]):.1f} | {aux_text} |")
+    print("\n| lost seed | instruction | closes near the table | gripper at the end | named cube's highest centre |")
+    print("|---|---|---|---|---|")
+    print("\n".join(losses))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("policy", help="a checkpoint or training run")
+    parser.add_argument("--task", default="sims/Lift-v0")
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--offsets", type=float, nargs="*", default=[0, 5, 10, 15, 20], help="mm (none: skip)")
+    parser.add_argument("--seed", type=int, default=100_000)
+    parser.add_argument("--store", help="the demonstrations the policy was trained on (for its auxiliary head)")
+    args = parser.parse_args()
+
+    import sims  # noqa: F401  (registers the environments)
+    from vla.data.store import env_kwargs_for
+    from vla.policy import TorchPolicy
+    from vla.training.checkpoints import resolve_policy_dir
+
+    policy = TorchPolicy(resolve_policy_dir(args.policy), device="cpu")
+    env_kwargs = env_kwargs_for(policy.metadata.get("env_args", {}), args.task)
+    print(f"{args.task} {env_kwargs}\n")
+    if args.offsets:
+        expert_tolerance(args.task, env_kwargs, args.offsets, args.episodes, args.seed)
+    policy_grasps(policy, args.task, env_kwargs, args.episodes, args.seed, args.store)
+
+
+if __name__ == "__main__":
+    main()
