@@ -2,11 +2,16 @@
 
     python benchmarks/grasp_precision.py POLICY [--task sims/Lift-v0] [--episodes 50] [--offsets 0 5 10 15 20]
         [--store runs/builtin/demos.hdf5]
+    python benchmarks/grasp_precision.py --jitter 0 4 8 12 [--task sims/Lift-v0]   # no policy needed
 
 Both parts run the task's environment as the policy's demonstrations were collected (their recorded settings).
 
 1. The task's own expert with its grasp aimed a fixed distance (mm) from the named cube's centre, in a random
    horizontal direction per episode, on the same seeds for every distance: what error a grasp tolerates.
+   With `--jitter`, the expert reads the cube with a fresh random error (mm, per axis) at every step, as a policy
+   reading it from the image does, with the approach it has now (a funnel: the lower, the closer in line; close
+   within 12 mm) and the one it had before (descend only once within 8 mm of the cube, close within 8 mm):
+   whether the grasp survives an imprecise reading.
 2. The policy on the same task: where its gripper first closes near the table, relative to the named cube (mm),
    for the episodes it wins and those it loses, and, with `--store` (the demonstrations whose statistics
    standardized the auxiliary target), how far its auxiliary head places the cube from where it is in the
@@ -16,29 +21,15 @@ Both parts run the task's environment as the policy's demonstrations were collec
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import MisreadCube  # noqa: E402
+
 CLOSE_HEIGHT = 0.03  # a close above this is not a grasp attempt
-
-
-class _AimedOff:
-    """The env as the expert sees it, with the named cube moved `offset` (m) sideways: the expert's grasp is
-    aimed there, while the physics and the success check see the real cube."""
-
-    def __init__(self, env, offset: np.ndarray):
-        self._env, self._offset = env, np.append(offset, 0.0)
-
-    def __getattr__(self, name):
-        return getattr(self._env, name)
-
-    @property
-    def unwrapped(self):
-        return self
-
-    def object_position(self, color: str) -> np.ndarray:
-        position = self._env.object_position(color)
-        return position + self._offset if color == self._env.target else position
 
 
 def expert_tolerance(task: str, env_kwargs: dict, offsets_mm: list[float], episodes: int, seed: int) -> None:
@@ -53,12 +44,54 @@ def expert_tolerance(task: str, env_kwargs: dict, offsets_mm: list[float], episo
     for offset in offsets_mm:
         successes = 0
         for episode, angle in enumerate(angles):
-            aimed = _AimedOff(env.unwrapped, offset / 1000 * np.array([np.cos(angle), np.sin(angle)]))
+            aimed = MisreadCube(env.unwrapped, offset=offset / 1000 * np.array([np.cos(angle), np.sin(angle)]))
             for *_, info in run_episode(env, EXPERTS[env.unwrapped.task.name](aimed), seed + episode):
                 pass
             successes += info["is_success"]
         low, high = wilson_interval(successes, episodes)
         print(f"| {offset:g} mm | {successes}/{episodes} | {100 * low:.0f}% - {100 * high:.0f}% |", flush=True)
+    env.close()
+
+
+def _gated(expert_class):
+    """The task's expert as it was before the funnel: descend only once within 8 mm, close within 8 mm."""
+    from sims.experts import GRASP_HEIGHT, OPEN, SAFE_HEIGHT
+
+    class Gated(expert_class):
+        CLOSE_RADIUS = 0.008
+
+        def _approach(self, tcp, cube):
+            aligned = np.linalg.norm(tcp[:2] - cube[:2]) < 0.008
+            if aligned or (np.linalg.norm(tcp[:2] - cube[:2]) < 0.015 and tcp[2] < SAFE_HEIGHT):
+                return self._move(np.append(cube[:2], GRASP_HEIGHT), OPEN)
+            if tcp[2] < SAFE_HEIGHT - 0.03:
+                return self._move(np.append(tcp[:2], SAFE_HEIGHT), OPEN)
+            return self._move(np.append(cube[:2], SAFE_HEIGHT), OPEN)
+
+    return Gated
+
+
+def expert_jitter(task: str, env_kwargs: dict, spreads_mm: list[float], episodes: int, seed: int) -> None:
+    import gymnasium as gym
+
+    from sims.experts import EXPERTS, run_episode
+
+    env = gym.make(task, **env_kwargs)
+    funnel = EXPERTS[env.unwrapped.task.name]
+    print("| cube read with an error of (mm, per axis, per step) | funnel: success | mean steps "
+          "| before (8 mm gates): success | mean steps |\n|---|---|---|---|---|")
+    for spread in spreads_mm:
+        cells = []
+        for expert_class in (funnel, _gated(funnel)):
+            successes, steps = 0, []
+            for episode in range(episodes):
+                seen = MisreadCube(env.unwrapped, spread=spread / 1000, rng=np.random.default_rng(episode))
+                for step, (*_, info) in enumerate(run_episode(env, expert_class(seen), seed + episode)):
+                    pass
+                successes += info["is_success"]
+                steps.append(step + 1)
+            cells += [f"{successes}/{episodes}", f"{np.mean(steps):.1f}"]
+        print(f"| {spread:g} | " + " | ".join(cells) + " |", flush=True)
     env.close()
 
 
@@ -143,11 +176,15 @@ def policy_grasps(policy, task: str, env_kwargs: dict, episodes: int, seed: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("policy", help="a checkpoint or training run")
+    parser.add_argument("policy", nargs="?", help="a checkpoint or training run")
     parser.add_argument("--task", default="sims/Lift-v0")
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--offsets", type=float, nargs="*", default=[0, 5, 10, 15, 20], help="mm (none: skip)")
     parser.add_argument("--seed", type=int, default=100_000)
+    parser.add_argument("--jitter", type=float, nargs="+", help="mm: the expert under a noisy reading of the cube "
+                        "(funnel against gate), instead of the policy's parts")
+    parser.add_argument("--env-kw", action="append", default=["image_size=64", "layout=random"],
+                        help="environment settings for --jitter (key=value)")
     parser.add_argument("--store", help="the demonstrations the policy was trained on (for its auxiliary head)")
     args = parser.parse_args()
 
@@ -156,6 +193,13 @@ def main() -> None:
     from vla.policy import TorchPolicy
     from vla.training.checkpoints import resolve_policy_dir
 
+    if args.jitter:
+        from vla.cli import _parse_env_kwargs
+
+        expert_jitter(args.task, _parse_env_kwargs(args.env_kw), args.jitter, args.episodes, args.seed)
+        return
+    if args.policy is None:
+        parser.error("a policy is needed unless --jitter is given")
     policy = TorchPolicy(resolve_policy_dir(args.policy), device="cpu")
     env_kwargs = env_kwargs_for(policy.metadata.get("env_args", {}), args.task)
     print(f"{args.task} {env_kwargs}\n")

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import sims
+from helpers import MisreadCube
 from sims.experts import make_expert, run_episode
 
 ENV_IDS = list(sims.ENV_SPECS)
@@ -95,6 +96,23 @@ def test_scripted_expert_succeeds_on_95_percent_of_seeds(env_id):
         successes += info["is_success"]
     env.close()
     assert successes >= 95, f"{env_id}: expert succeeded on {successes}/100 seeds"
+
+
+@pytest.mark.parametrize("env_id", ["sims/Lift-v0", "sims/PickPlace-v0"])
+def test_grasping_experts_succeed_on_a_cube_read_with_a_policys_error(env_id):
+    """A policy reads the cube from a 64 px image to within about a centimetre, and imitates its expert: an expert
+    that needs a sharper reading teaches it to hover. Read 10 mm off per axis at every step, these experts
+    succeeded 15 and 17 times in 20; with the 8 mm gates they had before, 7 and 7
+    (`benchmarks/grasp_precision.py --jitter 10 --seed 0 --episodes 20 --env-kw image_size=32`)."""
+    env = gym.make(env_id, image_size=32, layout="random")
+    successes = 0
+    for seed in range(20):
+        expert = make_expert(env)
+        expert.env = MisreadCube(env.unwrapped, spread=0.010, rng=np.random.default_rng(seed))
+        *_, (obs, action, reward, terminated, truncated, info) = run_episode(env, expert, seed)
+        successes += info["is_success"]
+    env.close()
+    assert successes >= 13, f"{env_id}: {successes}/20 with the cube read 10 mm off per axis"
 
 
 def test_an_expert_episode_can_go_on_past_its_first_success():
