@@ -9,9 +9,10 @@ Both parts run the task's environment as the policy's demonstrations were collec
 1. The task's own expert with its grasp aimed a fixed distance (mm) from the named cube's centre, in a random
    horizontal direction per episode, on the same seeds for every distance: what error a grasp tolerates.
    With `--jitter`, the expert reads the cube with a fresh random error (mm, per axis) at every step, as a policy
-   reading it from the image does, with the approach it has now (a funnel: the lower, the closer in line; close
-   within 12 mm) and the one it had before (descend only once within 8 mm of the cube, close within 8 mm):
-   whether the grasp survives an imprecise reading.
+   reading it from the image does, as it is now (it descends down a funnel: the lower, the closer in line) and as
+   it was before (sharp gates: descend only once within 8 mm of the cube and close within 8 mm; for Push, descend
+   within 12 mm of the spot behind the cube and push within 12 mm of the line): whether it survives an imprecise
+   reading. Push, Lift and PickPlace.
 2. The policy on the same task: where its gripper first closes near the table, relative to the named cube (mm),
    for the episodes it wins and those it loses, and, with `--store` (the demonstrations whose statistics
    standardized the auxiliary target), how far its auxiliary head places the cube from where it is in the
@@ -53,11 +54,37 @@ def expert_tolerance(task: str, env_kwargs: dict, offsets_mm: list[float], episo
     env.close()
 
 
-def _gated(expert_class):
-    """The task's expert as it was before the funnel: descend only once within 8 mm, close within 8 mm."""
-    from sims.experts import GRASP_HEIGHT, OPEN, SAFE_HEIGHT
+def _before(expert_class):
+    """The task's expert as it was before the funnels: the grasp descended only once within 8 mm of the cube and
+    closed within 8 mm; the push descended only within 12 mm of the spot behind the cube and pushed within 12 mm
+    of the line."""
+    from sims.experts import CLOSED, GRASP_HEIGHT, OPEN, SAFE_HEIGHT, PushExpert
+    from sims.scene import CUBE_HALF
 
-    class Gated(expert_class):
+    if issubclass(expert_class, PushExpert):
+        class PushBefore(expert_class):
+            def act(self, observation=None):
+                env, tcp = self.env, self.env.tcp
+                cube = env.object_position(env.target)[:2]
+                to_zone = env.zone - cube
+                direction = to_zone / max(np.linalg.norm(to_zone), 1e-6)
+                offset = tcp[:2] - cube
+                behind = -offset @ direction
+                lateral = abs(offset[0] * direction[1] - offset[1] * direction[0])
+                contact = CUBE_HALF + 0.014
+                if tcp[2] < 0.035 and contact - 0.01 < behind < contact + 0.03 and lateral < 0.012:
+                    goal_xy = cube + direction * min(np.linalg.norm(to_zone), 0.05) - direction * contact
+                    return self._move(np.append(goal_xy, 0.015), CLOSED, speed=0.6)
+                pre_push = cube - direction * (contact + 0.02)
+                if np.linalg.norm(tcp[:2] - pre_push) < 0.012:
+                    return self._move(np.append(pre_push, 0.015), CLOSED)
+                if tcp[2] < SAFE_HEIGHT - 0.02 and np.linalg.norm(offset) < 0.09:
+                    return self._move(np.append(tcp[:2], SAFE_HEIGHT), CLOSED)
+                return self._move(np.append(pre_push, SAFE_HEIGHT), CLOSED)
+
+        return PushBefore
+
+    class GraspBefore(expert_class):
         CLOSE_RADIUS = 0.008
 
         def _approach(self, tcp, cube):
@@ -68,7 +95,7 @@ def _gated(expert_class):
                 return self._move(np.append(tcp[:2], SAFE_HEIGHT), OPEN)
             return self._move(np.append(cube[:2], SAFE_HEIGHT), OPEN)
 
-    return Gated
+    return GraspBefore
 
 
 def expert_jitter(task: str, env_kwargs: dict, spreads_mm: list[float], episodes: int, seed: int) -> None:
@@ -77,12 +104,12 @@ def expert_jitter(task: str, env_kwargs: dict, spreads_mm: list[float], episodes
     from sims.experts import EXPERTS, run_episode
 
     env = gym.make(task, **env_kwargs)
-    funnel = EXPERTS[env.unwrapped.task.name]
-    print("| cube read with an error of (mm, per axis, per step) | funnel: success | mean steps "
-          "| before (8 mm gates): success | mean steps |\n|---|---|---|---|---|")
+    now = EXPERTS[env.unwrapped.task.name]
+    print("| cube read with an error of (mm, per axis, per step) | now (funnel): success | mean steps "
+          "| before (gates): success | mean steps |\n|---|---|---|---|---|")
     for spread in spreads_mm:
         cells = []
-        for expert_class in (funnel, _gated(funnel)):
+        for expert_class in (now, _before(now)):
             successes, steps = 0, []
             for episode in range(episodes):
                 seen = MisreadCube(env.unwrapped, spread=spread / 1000, rng=np.random.default_rng(episode))
@@ -182,7 +209,7 @@ def main() -> None:
     parser.add_argument("--offsets", type=float, nargs="*", default=[0, 5, 10, 15, 20], help="mm (none: skip)")
     parser.add_argument("--seed", type=int, default=100_000)
     parser.add_argument("--jitter", type=float, nargs="+", help="mm: the expert under a noisy reading of the cube "
-                        "(funnel against gate), instead of the policy's parts")
+                        "(now against before the funnels), instead of the policy's parts")
     parser.add_argument("--env-kw", action="append", default=["image_size=64", "layout=random"],
                         help="environment settings for --jitter (key=value)")
     parser.add_argument("--store", help="the demonstrations the policy was trained on (for its auxiliary head)")
