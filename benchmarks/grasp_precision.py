@@ -58,29 +58,12 @@ def _before(expert_class):
     """The task's expert as it was before the funnels: the grasp descended only once within 8 mm of the cube and
     closed within 8 mm; the push descended only within 12 mm of the spot behind the cube and pushed within 12 mm
     of the line."""
-    from sims.experts import CLOSED, GRASP_HEIGHT, OPEN, SAFE_HEIGHT, PushExpert
-    from sims.scene import CUBE_HALF
+    from sims.experts import GRASP_HEIGHT, OPEN, SAFE_HEIGHT, PushExpert
 
     if issubclass(expert_class, PushExpert):
-        class PushBefore(expert_class):
-            def act(self, observation=None):
-                env, tcp = self.env, self.env.tcp
-                cube = env.object_position(env.target)[:2]
-                to_zone = env.zone - cube
-                direction = to_zone / max(np.linalg.norm(to_zone), 1e-6)
-                offset = tcp[:2] - cube
-                behind = -offset @ direction
-                lateral = abs(offset[0] * direction[1] - offset[1] * direction[0])
-                contact = CUBE_HALF + 0.014
-                if tcp[2] < 0.035 and contact - 0.01 < behind < contact + 0.03 and lateral < 0.012:
-                    goal_xy = cube + direction * min(np.linalg.norm(to_zone), 0.05) - direction * contact
-                    return self._move(np.append(goal_xy, 0.015), CLOSED, speed=0.6)
-                pre_push = cube - direction * (contact + 0.02)
-                if np.linalg.norm(tcp[:2] - pre_push) < 0.012:
-                    return self._move(np.append(pre_push, 0.015), CLOSED)
-                if tcp[2] < SAFE_HEIGHT - 0.02 and np.linalg.norm(offset) < 0.09:
-                    return self._move(np.append(tcp[:2], SAFE_HEIGHT), CLOSED)
-                return self._move(np.append(pre_push, SAFE_HEIGHT), CLOSED)
+        class PushBefore(expert_class):  # a 12 mm gate is a funnel 12 mm wide and flat
+            LATERAL = FUNNEL_RADIUS = 0.012
+            FUNNEL_SLOPE = 0.0
 
         return PushBefore
 

@@ -26,6 +26,9 @@ GRASP_HEIGHT = 0.012  # finger tips just above the table, around the cube's lowe
 
 
 class Expert(abc.ABC):
+    FUNNEL_RADIUS = 0.08  # m sideways from the spot below where a descent starts
+    FUNNEL_SLOPE = 1.0  # m of height allowed per m of sideways error
+
     def __init__(self, env):
         self.env: TabletopEnv = env.unwrapped
         self.reset()
@@ -50,6 +53,14 @@ class Expert(abc.ABC):
             delta *= speed / largest
         return np.append(delta, gripper).astype(np.float32)
 
+    def _funnel_height(self, error: float, floor: float) -> float:
+        """How low the tool may go `error` m sideways of the spot it descends onto (at height `floor`): the
+        lower, the closer in line. A policy reads the cube from the image to within about a centimetre; behind a
+        sharp gate (descend once within 8 mm) it cannot tell which side of the gate it is on and hovers, while
+        down a funnel its height follows its reading smoothly, and being low (which the state says exactly)
+        means being in line."""
+        return min(floor + self.FUNNEL_SLOPE * max(error - 0.004, 0.0), SAFE_HEIGHT)
+
 
 class ReachExpert(Expert):
     """Closes half the remaining distance per step near the cube. A controller that closes all of it
@@ -73,8 +84,6 @@ class PushExpert(Expert):
     axis at every step it pushes 20 of 20 home, against 2 of 20 with the 12 mm gates it had before:
     `benchmarks/grasp_precision.py --task sims/Push-v0 --jitter 10`)."""
 
-    FUNNEL_RADIUS = 0.08
-    FUNNEL_SLOPE = 1.0
     PUSH_HEIGHT = 0.015
     LATERAL = 0.02  # m off the push line through the cube's centre where pushing still starts
 
@@ -97,8 +106,7 @@ class PushExpert(Expert):
         pre_push = cube - direction * (contact + 0.02)
         error = np.linalg.norm(tcp[:2] - pre_push)
         if error < self.FUNNEL_RADIUS and behind > 0:
-            height = self.PUSH_HEIGHT + self.FUNNEL_SLOPE * max(error - 0.004, 0.0)
-            return self._move(np.append(pre_push, min(height, SAFE_HEIGHT)), CLOSED)
+            return self._move(np.append(pre_push, self._funnel_height(error, self.PUSH_HEIGHT)), CLOSED)
         if tcp[2] < SAFE_HEIGHT - 0.02 and np.linalg.norm(offset) < 0.09:
             return self._move(np.append(tcp[:2], SAFE_HEIGHT), CLOSED)  # clear the cube first
         return self._move(np.append(pre_push, SAFE_HEIGHT), CLOSED)
@@ -109,8 +117,6 @@ class _GraspingExpert(Expert):
 
     CLOSE_STEPS = 3
     CLOSE_RADIUS = 0.012
-    FUNNEL_RADIUS = 0.08  # m sideways from the cube where the descent starts
-    FUNNEL_SLOPE = 1.0  # m of height allowed per m of sideways error
 
     def reset(self) -> None:
         self._closing = 0
@@ -137,14 +143,10 @@ class _GraspingExpert(Expert):
         return self._approach(tcp, cube)
 
     def _approach(self, tcp: np.ndarray, cube: np.ndarray) -> np.ndarray:
-        """Down a funnel over the cube: the lower the gripper, the closer in line it must be. A policy reads
-        the cube from the image to within about a centimetre; behind a sharp gate (descend once within
-        8 mm) it cannot tell which side of the gate it is on and hovers, while here its height follows
-        its reading smoothly, and being low (which the state says exactly) means being in line."""
+        """Down a funnel over the cube, else up to the safe height and across."""
         error = np.linalg.norm(tcp[:2] - cube[:2])
         if error < self.FUNNEL_RADIUS:
-            height = GRASP_HEIGHT + self.FUNNEL_SLOPE * max(error - 0.004, 0.0)
-            return self._move(np.append(cube[:2], min(height, SAFE_HEIGHT)), OPEN)
+            return self._move(np.append(cube[:2], self._funnel_height(error, GRASP_HEIGHT)), OPEN)
         if tcp[2] < SAFE_HEIGHT - 0.03:
             return self._move(np.append(tcp[:2], SAFE_HEIGHT), OPEN)
         return self._move(np.append(cube[:2], SAFE_HEIGHT), OPEN)

@@ -99,7 +99,7 @@ def test_scripted_expert_succeeds_on_95_percent_of_seeds(env_id):
 
 
 @pytest.mark.parametrize("env_id", ["sims/Push-v0", "sims/Lift-v0", "sims/PickPlace-v0"])
-def test_grasping_experts_succeed_on_a_cube_read_with_a_policys_error(env_id):
+def test_experts_succeed_on_a_cube_read_with_a_policys_error(env_id):
     """A policy reads the cube from a 64 px image to within about a centimetre, and imitates its expert: an expert
     that needs a sharper reading teaches it to hover. Read 10 mm off per axis at every step, these experts
     succeeded 19, 15 and 17 times in 20; with the sharp gates they had before, 1, 7 and 7
