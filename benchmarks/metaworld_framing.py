@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--suite", default="metaworld-mt10")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--fovy", type=float, nargs="+", default=[60, 40, 30, 25])
+    parser.add_argument("--camera", default=None, help="the camera to frame (default: the front camera, corner2)")
     args = parser.parse_args()
 
     import gymnasium as gym
@@ -33,10 +34,13 @@ def main() -> None:
 
     import sims  # noqa: F401  (registers the environments)
     from sims.metaworld import FRONT_CAMERA, META_WORLD_FOVY, MetaWorldExpert
+
+    camera_name = args.camera or FRONT_CAMERA
     from vla.suites import load_suite
 
     parts = {"hand": slice(0, 3), "object": slice(4, 7), "goal": slice(36, 39)}
-    print(f"largest offset from the image centre over {args.seeds} expert episodes (1.0: the frame's edge)\n")
+    print(f"{camera_name}: largest offset from the image centre over {args.seeds} expert episodes "
+          "(1.0: the frame's edge)\n")
     print("| task | " + " | ".join(f"{p} at {f:g}°" for f in args.fovy for p in parts) + " |")
     print("|---" * (1 + len(args.fovy) * len(parts)) + "|")
     for task in load_suite(args.suite).tasks:
@@ -52,7 +56,7 @@ def main() -> None:
                 _, _, terminated, truncated, _ = env.step(expert.act())
                 done = terminated or truncated
         model, data = inner._env.model, inner._env.data
-        camera = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, FRONT_CAMERA)
+        camera = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera_name)
         pos, mat = data.cam_xpos[camera].copy(), data.cam_xmat[camera].reshape(3, 3).copy()
         seen = np.asarray(seen)
         cells = [f"{normalized_offsets(seen[:, part], pos, mat, fovy).max():.2f}"

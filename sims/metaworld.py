@@ -7,6 +7,8 @@
 
 - `image`: a fixed corner camera (`corner2`, which Meta-World renders upside down: turned the right way
   up here), its field of view narrowed from 60 to 30 degrees onto the workspace (`camera_fovy`);
+  `side_image` (Meta-World's `corner`, from the opposite front corner, narrowed the same way) with
+  `side_camera=True`: one view cannot tell how far along its line of sight a floating goal is, two can;
   `wrist_image` (Meta-World's `gripperPOV`) with `wrist_camera=True`.
 - `state`: the hand's position and the gripper's opening (0-1): what a real arm reports. The object and
   goal poses in Meta-World's 39-d observation are privileged: only the scripted experts read them.
@@ -35,6 +37,11 @@ FRONT_CAMERA = "corner2"
 # (benchmarks/metaworld_goal_localization.py).
 META_WORLD_FOVY = 60.0
 FRONT_CAMERA_FOVY = 30.0
+# The other front corner: its line of sight is nearly perpendicular to corner2's across the table (cosine -0.07).
+# Rendered upside down too; at 30 degrees every MT10 hand, object and goal stays within 0.64 of the frame's
+# half-width (benchmarks/metaworld_framing.py --camera corner).
+SIDE_CAMERA = "corner"
+UPSIDE_DOWN_CAMERAS = (FRONT_CAMERA, SIDE_CAMERA)
 WRIST_CAMERA = "gripperPOV"
 CONTROL_HZ = 80  # Meta-World steps MuJoCo 5 x 2.5 ms per action
 # Several phrasings per task; the first is Meta-World's own task description.
@@ -72,7 +79,7 @@ class MetaWorldEnv(gym.Env):
 
     def __init__(self, task: str = "reach-v3", render_mode: str | None = None, image_size: int = 96,
                  wrist_camera: bool = False, render_size: int | None = None, max_episode_steps: int = MAX_STEPS,
-                 camera_fovy: float = FRONT_CAMERA_FOVY):
+                 camera_fovy: float = FRONT_CAMERA_FOVY, side_camera: bool = False):
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
         if task not in ALL_V3_ENVIRONMENTS:
@@ -95,12 +102,15 @@ class MetaWorldEnv(gym.Env):
         env.max_path_length = max_episode_steps + 1  # our episodes end first (Meta-World refuses to step past it)
         env.model.vis.quality.offsamples = 0  # no multisampling, no shadow maps: 10x faster offscreen rendering
         env.model.vis.quality.shadowsize = 0
-        env.model.cam_fovy[mujoco.mj_name2id(env.model, mujoco.mjtObj.mjOBJ_CAMERA, FRONT_CAMERA)] = camera_fovy
-        self.camera_fovy = camera_fovy
+        for camera in UPSIDE_DOWN_CAMERAS:
+            env.model.cam_fovy[mujoco.mj_name2id(env.model, mujoco.mjtObj.mjOBJ_CAMERA, camera)] = camera_fovy
+        self.camera_fovy, self.side_camera = camera_fovy, side_camera
         self._env = env
         self._renderers: dict[int, mujoco.Renderer] = {}
         image = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
         spaces = {"image": image, "state": gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)}
+        if side_camera:
+            spaces["side_image"] = image
         if wrist_camera:
             spaces["wrist_image"] = image
         self.observation_space = gym.spaces.Dict(spaces)
@@ -158,6 +168,8 @@ class MetaWorldEnv(gym.Env):
     def _observation(self) -> dict:
         raw = self.raw_observation
         obs = {"image": self._render(FRONT_CAMERA, self.image_size), "state": np.append(raw[:3], raw[3]).astype(np.float32)}
+        if self.side_camera:
+            obs["side_image"] = self._render(SIDE_CAMERA, self.image_size)
         if self.wrist_camera:
             obs["wrist_image"] = self._render(WRIST_CAMERA, self.image_size)
         return obs
@@ -176,7 +188,7 @@ class MetaWorldEnv(gym.Env):
             flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = False
         renderer.update_scene(self._env.data, camera=camera)
         image = renderer.render()
-        return np.ascontiguousarray(image[::-1, ::-1]) if camera == FRONT_CAMERA else image
+        return np.ascontiguousarray(image[::-1, ::-1]) if camera in UPSIDE_DOWN_CAMERAS else image
 
 
 # Tasks whose success is the fingertips' centre (`tcp_center`) within 5 cm of the goal, while Meta-World's expert

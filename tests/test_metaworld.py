@@ -70,6 +70,48 @@ def test_the_corner_camera_can_be_narrowed_from_the_same_pose():
         gym.make("metaworld/reach-v3", camera_fovy=0)
 
 
+def _goal_pixels(inner, camera: str, size: int) -> np.ndarray:
+    """[N, 2] (row, col) of the pixels that change when the goal marker is hidden."""
+    site = inner._env.model.site("goal")
+    shown = inner._render(camera, size).astype(int)
+    rgba = site.rgba.copy()
+    site.rgba[3] = 0
+    hidden = inner._render(camera, size).astype(int)
+    site.rgba[:] = rgba
+    return np.argwhere(np.abs(shown - hidden).sum(-1) > 30)
+
+
+def _projection(inner, camera: str, point: np.ndarray, size: int) -> np.ndarray:
+    """(row, col) of a world point in the env's image of the named camera: a pinhole camera with the model's
+    field of view, turned 180 degrees as the env turns Meta-World's upside-down corner cameras."""
+    import mujoco
+
+    data, model = inner._env.data, inner._env.model
+    index = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+    local = (point - data.cam_xpos[index]) @ data.cam_xmat[index].reshape(3, 3)  # x right, y up, looking along -z
+    focal = size / 2 / np.tan(np.radians(model.cam_fovy[index]) / 2)
+    pinhole = np.array([size / 2 - focal * local[1] / -local[2], size / 2 + focal * local[0] / -local[2]])
+    return size - pinhole
+
+
+def test_the_side_camera_sees_the_goal_from_the_other_corner_the_right_way_up():
+    """The goal marker appears where the narrowed, turned camera puts it, in each view, and a point above it
+    appears above it: the world's up is the image's up."""
+    env = gym.make("metaworld/reach-v3", image_size=96, side_camera=True)
+    obs, _ = env.reset(seed=5)
+    inner = env.unwrapped
+    assert set(obs) == {"image", "side_image", "state"} and obs["side_image"].shape == (96, 96, 3)
+    for camera in (sims.metaworld.FRONT_CAMERA, sims.metaworld.SIDE_CAMERA):
+        pixels = _goal_pixels(inner, camera, 96)
+        assert len(pixels) >= 3, camera
+        goal = inner.target_position
+        expected = _projection(inner, camera, goal, 96)
+        assert np.abs(pixels.mean(0) - expected).max() < 2.0, (camera, pixels.mean(0), expected)
+        above = _projection(inner, camera, goal + np.array([0.0, 0.0, 0.1]), 96)
+        assert above[0] < expected[0] - 5, camera
+    env.close()
+
+
 def test_every_seed_draws_its_own_layout():
     env = gym.make("metaworld/push-v3", image_size=32).unwrapped
     layouts = set()

@@ -89,7 +89,8 @@ def write_video(frames: np.ndarray, out: str | Path, fps: float, caption: str = 
 def episode_video(path: str | Path, episode: int, out: str | Path) -> Path:
     with EpisodeReader(path) as reader:
         ep = reader.episode(episode)
-    images = [ep.observations[k] for k in ("image", "wrist_image") if k in ep.observations]
+        cameras = reader.camera_keys(episode)
+    images = [ep.observations[k] for k in cameras]
     if not images:
         raise DatasetError(f"{path}: episode {episode} has no image observations")
     frames = np.concatenate(images, axis=2)  # cameras side by side
