@@ -6,8 +6,8 @@ seen through each view, then measured on held-out episodes.
     python benchmarks/metaworld_goal_localization.py [--task metaworld/reach-v3] [--demos 1000] [--steps 1500]
                                                      [--fovy 60 30] [--out runs/localization]
 
-The error is the mean absolute error per axis in cm on the last 10% of the episodes (never trained on); x runs
-across the image, y is depth along the camera's line of sight, z is height. For scale: reach succeeds when the
+The error is the mean absolute error per world axis in cm on the last 10% of the episodes (never trained on);
+z is height; corner2 looks along about (-0.75, 0.46, -0.48), so its line of sight mixes x, y and z. For scale: reach succeeds when the
 fingertips come within 5 cm of the goal (benchmarks/metaworld_reach_tolerance.py).
 """
 
@@ -93,7 +93,7 @@ def main() -> None:
         print(f"fovy {fovy:g}: done", flush=True)
     print(f"\n{args.task}, {args.demos} demonstrations ({args.image_size} px), the goal's position read by the tiny "
           f"vision tower, mean |error| on held-out episodes\n")
-    print("| field of view | step | training s | x (across) | y (depth) | z (height) |")
+    print("| field of view | step | training s | x | y | z (height) |")
     print("|---|---|---|---|---|---|")
     for fovy, rows in results.items():
         for step, seconds, error in rows:
