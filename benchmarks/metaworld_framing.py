@@ -34,10 +34,9 @@ def main() -> None:
 
     import sims  # noqa: F401  (registers the environments)
     from sims.metaworld import FRONT_CAMERA, META_WORLD_FOVY, MetaWorldExpert
-
-    camera_name = args.camera or FRONT_CAMERA
     from vla.suites import load_suite
 
+    camera_name = args.camera or FRONT_CAMERA
     parts = {"hand": slice(0, 3), "object": slice(4, 7), "goal": slice(36, 39)}
     print(f"{camera_name}: largest offset from the image centre over {args.seeds} expert episodes "
           "(1.0: the frame's edge)\n")

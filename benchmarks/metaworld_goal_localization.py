@@ -7,8 +7,8 @@ seen through each view, then measured on held-out episodes.
                                                      [--fovy 60 30] [--out runs/localization]
 
 The error is the mean absolute error per world axis in cm on the last 10% of the episodes (never trained on);
-z is height; corner2 looks along about (-0.75, 0.46, -0.48), so its line of sight mixes x, y and z. For scale: reach succeeds when the
-fingertips come within 5 cm of the goal (benchmarks/metaworld_reach_tolerance.py).
+z is height; corner2 looks along about (-0.75, 0.46, -0.48), so its line of sight mixes x, y and z. For scale:
+reach succeeds when the fingertips come within 5 cm of the goal (benchmarks/metaworld_reach_tolerance.py).
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def main() -> int:
                 done = terminated or truncated
                 if done:
                     break
-        raw = env.unwrapped.raw_observation
+        raw = inner.raw_observation
         error = raw[:3] - raw[-3:]
         line_of_sight = -inner._env.data.cam_xmat[camera].reshape(3, 3)[:, 2]
         error = np.append(error, error @ line_of_sight)
