@@ -54,3 +54,24 @@ def collected(path: Path, task: str, **collect_kwargs) -> Path:
         collect(task, out=partial, progress=False, **collect_kwargs)
         partial.replace(path)
     return path
+
+
+def aux_reader(model, store: str | None):
+    """observation -> where the auxiliary head places the task's object (m), or None without a target head or
+    `store`, the demonstrations whose statistics standardized the head's target (vla/data/dataset.py)."""
+    if model.aux_head is None or model.config.aux_loss != "target" or store is None:
+        return None
+    import h5py
+    import torch
+
+    with h5py.File(store, "r") as f:
+        positions = np.concatenate([group["obs/target_position"][:] for group in f["data"].values()])
+    mean, spread = positions.mean(0), positions.std(0)
+
+    @torch.no_grad()
+    def read(observation: dict) -> np.ndarray:
+        batch = model.prepare([observation])
+        standardized = model.aux_head(model.encode_images(batch), None)[0].float().numpy()
+        return mean + standardized * spread
+
+    return read

@@ -8,8 +8,9 @@ auxiliary target head, DART noise 0.2, all-targets demonstrations at random layo
 A Meta-World task (`--task metaworld/reach-v3`) starts from the MT10 recipe instead (96 px, DART noise 0.1).
 Its number of steps is set from a short throughput probe so that training takes `--minutes` (so a lever that
 slows training pays for it), the cosine schedule runs to its end, and the policy is evaluated on the same
-held-out seeds as every other arm. Demonstrations are collected once per data setting and reused. Arms joined
-by `+` make one arm with all their changes.
+held-out seeds as every other arm (`budget2x` trains twice as long: whether the budget is what limits).
+Arms that change only how a policy is run (`execute2`, `ensemble`) evaluate base's checkpoint. Demonstrations
+are collected once per data setting and reused. Arms joined by `+` make one arm with all their changes.
 """
 
 from __future__ import annotations
@@ -55,23 +56,29 @@ class Arm:
     noise: float | None = None  # DART noise of the demonstrations (None: the task family's)
     demos: float = 1.0  # times --demos
     execute: int | None = None  # actions run per chunk at evaluation (None: all)
+    chunk_mode: str = "receding"  # how chunks are executed at evaluation (policies/chunking.py)
+    budget: float = 1.0  # times --minutes of training
     reuse: str | None = None  # evaluate this arm's checkpoint instead of training
     heldout: bool = False  # also evaluate phrasings no demonstration used (tests/heldout_phrasings.py)
     after_success: int | None = None  # expert steps recorded past each first success (None: 0)
 
     def __add__(self, other: "Arm") -> "Arm":
         """Both arms' changes at once (`--arms zoom+demos10x`)."""
-        if self.reuse or other.reuse or (self.execute and other.execute):
-            raise ValueError("arms that reuse a checkpoint or both set `execute` do not combine")
+        if self.reuse or other.reuse:
+            raise ValueError("an arm that reuses another's checkpoint does not combine")
         pick = lambda a, b: b if b is not None else a  # noqa: E731
         return Arm(f"{self.does}; {other.does}", {**self.env, **other.env}, self.train + other.train,
-                   pick(self.noise, other.noise), self.demos * other.demos, pick(self.execute, other.execute),
-                   None, self.heldout or other.heldout, pick(self.after_success, other.after_success))
+                   pick(self.noise, other.noise), self.demos * other.demos,
+                   heldout=self.heldout or other.heldout, budget=self.budget * other.budget,
+                   after_success=pick(self.after_success, other.after_success))
 
 
 ARMS = {
     "base": Arm("the starting recipe (demo; MT10 for Meta-World)", heldout=True),
     "execute2": Arm("run 2 of each chunk's 4 actions", execute=2, reuse="base"),
+    "ensemble": Arm("ask every step, average the chunks' overlapping actions (ACT's temporal ensembling)",
+                    chunk_mode="ensemble", reuse="base"),
+    "budget2x": Arm("twice the training time", budget=2.0),
     "wrist": Arm("+ the wrist camera (one ViT for both)", env={"wrist_camera": True},
                  train=["model.image_keys=[image,wrist_image]", "model.vision_per_camera=false"]),
     "wrist_towers": Arm("+ the wrist camera, a ViT of its own", env={"wrist_camera": True},
@@ -145,13 +152,14 @@ def main() -> int:
                                                                         "checkpoint_every=40"]),
                           run / "probe", progress=False)
             # The probe's second window (steps 21-40): its mean would count the first steps' warm-up
-            steps = max(100, int(args.minutes * 60 * probe["samples_per_s"] / 64))
+            steps = max(100, int(source.budget * args.minutes * 60 * probe["samples_per_s"] / 64))
             train(load_train_config(family.recipe, overrides + [f"steps={steps}", "checkpoint_every=100000"]),
                   run / "train", progress=False)
         summary = json.loads((run / "train" / "train_summary.json").read_text())
         started = time.perf_counter()
-        result = evaluate(TorchPolicy(run / "train" / "policy", device="cpu"), args.task, args.episodes, seed=args.seed,
-                          env_kwargs=env, workers=2, execute=arm.execute, videos=0, progress=False)
+        result = evaluate(TorchPolicy(run / "train" / "policy", device="cpu"), args.task, args.episodes,
+                          seed=args.seed, env_kwargs=env, workers=2, execute=arm.execute, chunk_mode=arm.chunk_mode,
+                          videos=0, progress=False)
         results[name] = {"does": arm.does, "steps": summary["steps"], "samples_per_s": summary["mean_samples_per_s"],
                          "train_minutes": summary["train_wall_s"] / 60, "successes": result["successes"],
                          "episodes": result["num_episodes"], "ci95": result["ci95"],
@@ -161,8 +169,8 @@ def main() -> int:
 
             rephrase = heldout_rephraser(sims.ENV_SPECS[args.task]["task"])
             heldout = evaluate(TorchPolicy(run / "train" / "policy", device="cpu"), args.task, args.episodes,
-                               seed=args.seed, env_kwargs=env, workers=2, execute=arm.execute, videos=0, progress=False,
-                               rephrase=rephrase)
+                               seed=args.seed, env_kwargs=env, workers=2, execute=arm.execute,
+                               chunk_mode=arm.chunk_mode, videos=0, progress=False, rephrase=rephrase)
             results[name]["heldout_successes"] = heldout["successes"]
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=2))

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import aux_reader  # noqa: E402
 from helpers import MisreadCube  # noqa: E402
 
 CLOSE_HEIGHT = 0.03  # a close above this is not a grasp attempt
@@ -105,26 +107,6 @@ def expert_jitter(task: str, env_kwargs: dict, spreads_mm: list[float], episodes
     env.close()
 
 
-def _aux_reader(model, store: str | None):
-    """image observation -> the auxiliary head's cube position (m), or None without a target head or store."""
-    if model.aux_head is None or model.config.aux_loss != "target" or store is None:
-        return None
-    import h5py
-    import torch
-
-    with h5py.File(store, "r") as f:
-        positions = np.concatenate([group["obs/target_position"][:] for group in f["data"].values()])
-    mean, spread = positions.mean(0), positions.std(0)
-
-    @torch.no_grad()
-    def read(observation: dict) -> np.ndarray:
-        batch = model.prepare([observation])
-        standardized = model.aux_head(model.encode_images(batch), None)[0].float().numpy()
-        return mean + standardized * spread
-
-    return read
-
-
 def _where(inner) -> str:
     """Where the gripper is, in words: over which cube (within 2 cm sideways), and how high."""
     height = f"{100 * inner.tcp[2]:.1f} cm up"
@@ -137,7 +119,7 @@ def _where(inner) -> str:
 def policy_grasps(policy, task: str, env_kwargs: dict, episodes: int, seed: int, store: str | None) -> None:
     import gymnasium as gym
 
-    read_cube = _aux_reader(policy.model, store)
+    read_cube = aux_reader(policy.model, store)
     env = gym.make(task, **env_kwargs)
     inner = env.unwrapped
     rows = []  # (success, first close error mm or nan, closes, aux error mm or nan)

@@ -1,22 +1,28 @@
 """Where a policy's hand ends relative to Meta-World reach's goal, per world axis and along the front camera's
 line of sight: is a miss across the image, or in depth?
 
-    python benchmarks/metaworld_reach_error.py POLICY_DIR [--episodes 12] [--seed 100000]
+    python benchmarks/metaworld_reach_error.py POLICY_DIR [--episodes 12] [--seed 100000] [--store DEMOS]
 
 POLICY_DIR is a checkpoint or an export of a policy trained on metaworld/reach-v3 (alone or in MT10).
 Each episode runs every action of each chunk until success or Meta-World's 500 steps; the hand and the goal
 are read from the environment's privileged 39-d observation (first and last three values). x, y and z are the
 world's axes (z up); corner2 looks along about (-0.75, 0.46, -0.48), so its line of sight mixes all three and
 "depth" is the error's component along it. Success itself is judged at the fingertips, about 5 cm below the
-hand (benchmarks/metaworld_reach_tolerance.py).
+hand (benchmarks/metaworld_reach_tolerance.py). With `--store` (the demonstrations the policy was trained on,
+whose statistics standardized its auxiliary target) and a checkpoint, a last column says how far the policy's
+auxiliary head places the goal from where it is in the first frame: whether a miss starts from a misread goal.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import aux_reader  # noqa: E402
 
 
 def main() -> int:
@@ -24,6 +30,7 @@ def main() -> int:
     parser.add_argument("policy")
     parser.add_argument("--episodes", type=int, default=12)
     parser.add_argument("--seed", type=int, default=100_000)
+    parser.add_argument("--store", help="the policy's demonstrations (for its auxiliary head)")
     args = parser.parse_args()
 
     import gymnasium as gym
@@ -33,6 +40,7 @@ def main() -> int:
     from vla.policy import load_policy
 
     policy = load_policy(args.policy, device="cpu")
+    read_goal = aux_reader(policy.model, args.store) if hasattr(policy, "model") else None
     # The camera settings the policy was demonstrated with (image size, field of view), as `vla eval` uses them
     env = gym.make("metaworld/reach-v3", **env_kwargs_for(policy.metadata.get("env_args", {}), "metaworld/reach-v3"))
     import mujoco
@@ -41,12 +49,16 @@ def main() -> int:
 
     inner = env.unwrapped
     camera = mujoco.mj_name2id(inner._env.model, mujoco.mjtObj.mjOBJ_CAMERA, FRONT_CAMERA)
-    print("| seed | success | steps | distance | x error | y error | z error (height) | depth error |")
-    print("|---|---|---|---|---|---|---|---|")
-    misses = []
+    print("| seed | success | steps | distance | x error | y error | z error (height) | depth error "
+          "| goal read off by (first frame) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    misses, misreads = [], {True: [], False: []}
     for seed in range(args.seed, args.seed + args.episodes):
         obs, info = env.reset(seed=seed)
         policy.reset()
+        misread = np.nan
+        if read_goal is not None:
+            misread = np.linalg.norm(read_goal({**obs, "prompt": info["instruction"]}) - inner.raw_observation[-3:])
         steps, done = 0, False
         while not done:
             for action in policy.act({**obs, "prompt": info["instruction"]}):
@@ -61,13 +73,20 @@ def main() -> int:
         error = np.append(error, error @ line_of_sight)
         if not info["is_success"]:
             misses.append(np.abs(error))
+        misreads[bool(info["is_success"])].append(misread)
         print(f"| {seed} | {info['is_success']} | {steps} | {100 * np.linalg.norm(error[:3]):.1f} cm | "
-              + " | ".join(f"{100 * e:+.1f} cm" for e in error) + " |", flush=True)
+              + " | ".join(f"{100 * e:+.1f} cm" for e in error) + f" | {100 * misread:.1f} cm |",
+              flush=True)
     env.close()
     if misses:
         mean = 100 * np.mean(misses, axis=0)
         print(f"\n{len(misses)} of {args.episodes} missed; mean |error| of the misses: x {mean[0]:.1f} cm, "
               f"y {mean[1]:.1f} cm, z {mean[2]:.1f} cm, along corner2's line of sight {mean[3]:.1f} cm")
+    if read_goal is not None:
+        for success, label in ((True, "successes"), (False, "misses")):
+            if misreads[success]:
+                print(f"auxiliary head's first reading of the goal, median error over the {label}: "
+                      f"{100 * np.median(misreads[success]):.1f} cm")
     return 0
 
 
