@@ -92,6 +92,7 @@ ARMS = {
     "patch8": Arm("8 px patches (64 tokens)", train=["model.vision.patch_size=8"]),
     "chunk8": Arm("chunks of 8 actions", train=["model.chunk_size=8"]),
     "dart0": Arm("no DART noise", noise=0.0),
+    "dart0.3": Arm("DART noise 0.3 (more recoveries demonstrated)", noise=0.3),
     "no_aux": Arm("no auxiliary target head", train=["model.aux_loss=none"]),
     "demos2x": Arm("twice the demonstrations", demos=2.0),
     "demos4x": Arm("four times the demonstrations", demos=4.0),
