@@ -87,7 +87,7 @@ def main() -> int:
             paths.append((seed, raw[-3:], hand))
         misreads[bool(info["is_success"])].append(misread)
         print(f"| {seed} | {info['is_success']} | {steps} | {100 * np.linalg.norm(error[:3]):.1f} cm | "
-              + " | ".join(f"{100 * e:+.1f} cm" for e in error) + f" | {100 * misread:.1f} cm |",
+              + " | ".join(f"{100 * e:+.1f} cm" for e in error) + (" | - |" if np.isnan(misread) else f" | {100 * misread:.1f} cm |"),
               flush=True)
     env.close()
     if args.hand_at and paths:
