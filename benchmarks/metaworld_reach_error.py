@@ -45,10 +45,10 @@ def main() -> int:
 
     import sims  # noqa: F401  (registers metaworld/ ids)
     from vla.data.store import env_kwargs_for
-    from vla.policy import load_policy
+    from vla.policy import TorchPolicy, load_policy
 
     policy = load_policy(args.policy, device="cpu")
-    read_goal = aux_reader(policy.model, args.store) if hasattr(policy, "model") else None
+    read_goal = aux_reader(policy.model, args.store) if isinstance(policy, TorchPolicy) else None  # not an export
     # The camera settings the policy was demonstrated with (image size, field of view), as `vla eval` uses them
     env = gym.make("metaworld/reach-v3", **env_kwargs_for(policy.metadata.get("env_args", {}), "metaworld/reach-v3"))
     import mujoco
@@ -86,9 +86,9 @@ def main() -> int:
             misses.append(np.abs(error))
             paths.append((seed, raw[-3:], hand))
         misreads[bool(info["is_success"])].append(misread)
+        read = "-" if np.isnan(misread) else f"{100 * misread:.1f} cm"
         print(f"| {seed} | {info['is_success']} | {steps} | {100 * np.linalg.norm(error[:3]):.1f} cm | "
-              + " | ".join(f"{100 * e:+.1f} cm" for e in error) + (" | - |" if np.isnan(misread) else f" | {100 * misread:.1f} cm |"),
-              flush=True)
+              + " | ".join(f"{100 * e:+.1f} cm" for e in error) + f" | {read} |", flush=True)
     env.close()
     if args.hand_at and paths:
         print("\n| missed seed | goal (x, y, z) cm | " + " | ".join(f"hand at step {s}" for s in args.hand_at) + " |")
