@@ -14,7 +14,8 @@ Both parts run the task's environment as the policy's demonstrations were collec
    within 12 mm of the spot behind the cube and push within 12 mm of the line): whether it survives an imprecise
    reading. Push, Lift and PickPlace.
 2. The policy on the same task: where its gripper first closes near the table, relative to the named cube (mm),
-   for the episodes it wins and those it loses, and, with `--store` (the demonstrations whose statistics
+   for the episodes it wins and those it loses (and, per loss, where it first closed at any height: a close
+   on the cube's top, 4 cm up, is a grasp that missed), and, with `--store` (the demonstrations whose statistics
    standardized the auxiliary target), how far its auxiliary head places the cube from where it is in the
    first frame: whether a miss is the vision's reading of the scene or the action taken on it.
 """
@@ -27,10 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import aux_reader  # noqa: E402
-from helpers import MisreadCube  # noqa: E402
 
 CLOSE_HEIGHT = 0.03  # a close above this is not a grasp attempt
 
@@ -38,7 +37,7 @@ CLOSE_HEIGHT = 0.03  # a close above this is not a grasp attempt
 def expert_tolerance(task: str, env_kwargs: dict, offsets_mm: list[float], episodes: int, seed: int) -> None:
     import gymnasium as gym
 
-    from sims.experts import EXPERTS, run_episode
+    from sims.experts import EXPERTS, MisreadCube, run_episode
     from vla.evaluation import wilson_interval
 
     env = gym.make(task, **env_kwargs)
@@ -86,7 +85,7 @@ def _before(expert_class):
 def expert_jitter(task: str, env_kwargs: dict, spreads_mm: list[float], episodes: int, seed: int) -> None:
     import gymnasium as gym
 
-    from sims.experts import EXPERTS, run_episode
+    from sims.experts import EXPERTS, MisreadCube, run_episode
 
     env = gym.make(task, **env_kwargs)
     now = EXPERTS[env.unwrapped.task.name]
@@ -130,10 +129,12 @@ def policy_grasps(policy, task: str, env_kwargs: dict, episodes: int, seed: int,
         aux_error = np.nan
         if read_cube is not None:
             aux_error = 1000 * np.linalg.norm((read_cube({**obs, "prompt": instruction}) - inner.target_position)[:2])
-        closed, closes, first_error, done, highest = False, 0, np.nan, False, 0.0
+        closed, closes, first_error, done, highest, first_anywhere = False, 0, np.nan, False, 0.0, None
         while not done:
             for action in policy.act({**obs, "prompt": instruction}):
                 closing = action[-1] > 0
+                if closing and not closed and first_anywhere is None:
+                    first_anywhere = (100 * inner.tcp[2], 1000 * np.linalg.norm(inner.tcp[:2] - inner.target_position[:2]))
                 if closing and not closed and inner.tcp[2] < CLOSE_HEIGHT:
                     closes += 1
                     if np.isnan(first_error):
@@ -145,7 +146,9 @@ def policy_grasps(policy, task: str, env_kwargs: dict, episodes: int, seed: int,
                     break
         rows.append((bool(info["is_success"]), first_error, closes, aux_error))
         if not info["is_success"]:
-            losses.append(f"| {seed + episode} | {instruction} | {closes} | {_where(inner)} | {100 * highest:.1f} cm |")
+            first = "never" if first_anywhere is None else f"{first_anywhere[0]:.1f} cm up, {first_anywhere[1]:.0f} mm off"
+            losses.append(f"| {seed + episode} | {instruction} | {first} | {closes} | {_where(inner)} "
+                          f"| {100 * highest:.1f} cm |")
     env.close()
 
     print("\n| episodes | count | first close: median mm from the cube (25th-75th) | closes per episode "
@@ -161,8 +164,9 @@ def policy_grasps(policy, task: str, env_kwargs: dict, episodes: int, seed: int,
         aux = np.array([r[3] for r in subset])
         aux_text = f"{np.nanmedian(aux):.1f}" if not np.all(np.isnan(aux)) else "-"
         print(f"| {label} | {len(subset)} | {spread} | {np.mean([r[2] for r in subset]):.1f} | {aux_text} |")
-    print("\n| lost seed | instruction | closes near the table | gripper at the end | named cube's highest centre |")
-    print("|---|---|---|---|---|")
+    print("\n| lost seed | instruction | first close (any height) | closes near the table | gripper at the end "
+          "| named cube's highest centre |")
+    print("|---|---|---|---|---|---|")
     print("\n".join(losses))
 
 

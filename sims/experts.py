@@ -112,7 +112,7 @@ class PushExpert(Expert):
         return self._move(np.append(pre_push, SAFE_HEIGHT), CLOSED)
 
 
-class _GraspingExpert(Expert):
+class GraspingExpert(Expert):
     """Shared grasp: line up above the cube, descend, close, and confirm the cube is held."""
 
     CLOSE_STEPS = 3
@@ -152,14 +152,14 @@ class _GraspingExpert(Expert):
         return self._move(np.append(cube[:2], SAFE_HEIGHT), OPEN)
 
 
-class LiftExpert(_GraspingExpert):
+class LiftExpert(GraspingExpert):
     def act(self, observation=None) -> np.ndarray:
         if self._holding() and not self._closing:
             return self._move(np.append(self.env.tcp[:2], LIFT_HEIGHT + 0.06), CLOSED)
         return self._grasp()
 
 
-class PickPlaceExpert(_GraspingExpert):
+class PickPlaceExpert(GraspingExpert):
     CARRY_HEIGHT = 0.10
 
     def reset(self) -> None:
@@ -188,6 +188,70 @@ class PickPlaceExpert(_GraspingExpert):
         return self._grasp()
 
 
+class MisreadCube:
+    """An environment as a scripted expert sees it, with the named cube read off where it is: by a fixed `offset`
+    (m, sideways) and by a fresh Gaussian error of `spread` (m, per horizontal axis) each time it is looked at, as
+    a policy reading the cube from the image does. The physics and the success check still see the real cube.
+
+        expert = make_expert(env); expert.env = MisreadCube(env.unwrapped, spread=0.008, rng=rng)
+    """
+
+    def __init__(self, env, offset=(0.0, 0.0), spread: float = 0.0, rng: np.random.Generator | None = None):
+        self._env, self._offset, self._spread = env, np.asarray(offset, dtype=float), spread
+        self._rng = rng or np.random.default_rng(0)
+
+    def __getattr__(self, name):
+        return getattr(self._env, name)
+
+    @property
+    def unwrapped(self):
+        return self
+
+    def object_position(self, color: str) -> np.ndarray:
+        position = self._env.object_position(color)
+        if color != self._env.target:
+            return position
+        error = self._offset + (self._rng.normal(0.0, self._spread, 2) if self._spread else 0.0)
+        return position + np.append(error, 0.0)
+
+
+class MissedGrasp:
+    """What a grasping expert's episode executes when its first grasp is missed on purpose: the expert's approach
+    aimed 15-25 mm off the named cube, and the gripper closed where the fingers come down (on the cube's edge or
+    top, or beside it), as a policy that misreads the cube does. The demonstration's labels stay the expert's
+    own actions, so from there they show the recovery it never needs otherwise: open, back off, come down again.
+
+    Why: every PickPlace loss of a policy trained without it (7 of 50 episodes) began with a close 4 cm up, the
+    fingers resting on the cube's top 13-36 mm off its centre (`benchmarks/grasp_precision.py POLICY --task
+    sims/PickPlace-v0`), a state no demonstration had shown."""
+
+    OFFSET = (0.015, 0.025)  # m, in a random horizontal direction
+    LOW = 0.045  # m: the tool centre at the cube's top or below
+    NEAR = 0.04  # m sideways from the cube
+
+    def __init__(self, expert: GraspingExpert, rng: np.random.Generator):
+        angle, distance = rng.uniform(0.0, 2 * np.pi), rng.uniform(*self.OFFSET)
+        self.env = expert.env
+        self.misled = type(expert)(MisreadCube(self.env, offset=distance * np.array([np.cos(angle), np.sin(angle)])))
+        self._closing = 0
+        self.done = False
+
+    def act(self, label: np.ndarray) -> np.ndarray:
+        """The action to execute this step, given the expert's (`label`)."""
+        if self.done:
+            return label
+        env = self.env
+        aimed = self.misled.act()
+        if not self._closing and env.tcp[2] < self.LOW and \
+                np.linalg.norm(env.tcp[:2] - env.object_position(env.target)[:2]) < self.NEAR:
+            self._closing = GraspingExpert.CLOSE_STEPS
+        if not self._closing:
+            return aimed
+        self._closing -= 1
+        self.done = self._closing == 0
+        return np.array([0.0, 0.0, 0.0, CLOSED], np.float32)
+
+
 EXPERTS: dict[str, type[Expert]] = {
     "reach": ReachExpert,
     "push": PushExpert,
@@ -208,7 +272,7 @@ def make_expert(env) -> Expert:
 
 
 def run_episode(env, expert: Expert, seed: int, noise: float = 0.0, rng: np.random.Generator | None = None,
-                options: dict | None = None, after_success: int = 0):
+                options: dict | None = None, after_success: int = 0, missed_grasps: float = 0.0):
     """Roll out one episode; yields (observation, expert_action, reward, terminated, truncated, info) per step.
 
     With `noise > 0` the executed action is the expert's plus Gaussian noise, while the yielded label
@@ -216,24 +280,30 @@ def run_episode(env, expert: Expert, seed: int, noise: float = 0.0, rng: np.rand
     `options` goes to env.reset (e.g. {"target": "red"}). The episode ends at its first success, or
     `after_success` steps later (the expert goes on acting, and `info["success_step"]` says when the
     first success was): demonstrations then also show what the expert does once it is there.
+    `missed_grasps`: the share of a grasping expert's episodes whose first grasp is missed on purpose
+    (`MissedGrasp`; executed, never labelled); `info["missed_grasp"]` says whether this one's was.
     """
     obs, info = env.reset(seed=seed, options=options)
     expert.reset()
     rng = rng or np.random.default_rng(seed)
+    # Drawn only when asked for, so that episodes without it replay exactly as they did before it existed.
+    missed = None
+    if missed_grasps and isinstance(expert, GraspingExpert) and rng.random() < missed_grasps:
+        missed = MissedGrasp(expert, rng)
     success_step = None
     limit = env.unwrapped.max_episode_steps  # stepping past it is the env's error (Meta-World raises)
     for step in itertools.count():
         action = expert.act(obs)
-        executed = action
+        executed = action if missed is None else missed.act(action)
         if noise > 0:
-            executed = action.copy()
-            executed[:3] = np.clip(action[:3] + rng.normal(0.0, noise, 3), -1.0, 1.0)
+            executed = executed.copy()
+            executed[:3] = np.clip(executed[:3] + rng.normal(0.0, noise, 3), -1.0, 1.0)
         obs_after, reward, _, truncated, info = env.step(executed)
         if success_step is None and info.get("is_success"):
             success_step = step
         succeeded = success_step is not None
         ends = truncated or step + 1 >= limit or (succeeded and step >= success_step + after_success)
-        info = {**info, "is_success": succeeded, "success_step": success_step}
+        info = {**info, "is_success": succeeded, "success_step": success_step, "missed_grasp": missed is not None}
         yield obs, action, reward, ends and succeeded, ends and not succeeded, info
         if ends:
             return

@@ -87,30 +87,3 @@ class RecordingRobot:
 
     def stop(self) -> None:
         self.stopped = True
-
-
-class MisreadCube:
-    """An environment as a scripted expert sees it, with the named cube read off where it is: by a fixed `offset`
-    (m, sideways) and by a fresh Gaussian error of `spread` (m, per horizontal axis) each time it is looked at, as
-    a policy reading the cube from the image does. The physics and the success check still see the real cube.
-
-        expert = make_expert(env); expert.env = MisreadCube(env.unwrapped, spread=0.008, rng=rng)
-    """
-
-    def __init__(self, env, offset=(0.0, 0.0), spread: float = 0.0, rng: np.random.Generator | None = None):
-        self._env, self._offset, self._spread = env, np.asarray(offset, dtype=float), spread
-        self._rng = rng or np.random.default_rng(0)
-
-    def __getattr__(self, name):
-        return getattr(self._env, name)
-
-    @property
-    def unwrapped(self):
-        return self
-
-    def object_position(self, color: str) -> np.ndarray:
-        position = self._env.object_position(color)
-        if color != self._env.target:
-            return position
-        error = self._offset + (self._rng.normal(0.0, self._spread, 2) if self._spread else 0.0)
-        return position + np.append(error, 0.0)

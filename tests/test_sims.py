@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 
 import sims
-from helpers import MisreadCube
-from sims.experts import make_expert, run_episode
+from sims.experts import OPEN, MisreadCube, make_expert, run_episode
 
 ENV_IDS = list(sims.ENV_SPECS)
 
@@ -113,6 +112,35 @@ def test_experts_succeed_on_a_cube_read_with_a_policys_error(env_id):
         successes += info["is_success"]
     env.close()
     assert successes >= 13, f"{env_id}: {successes}/20 with the cube read 10 mm off per axis"
+
+
+@pytest.mark.parametrize("env_id", ["sims/Lift-v0", "sims/PickPlace-v0"])
+def test_a_missed_grasp_is_executed_but_the_labels_show_the_recovery(env_id):
+    """With missed_grasps=1 every episode's gripper first closes where the expert's own label says to stay open
+    (its grasp aimed 15-25 mm off the cube); the labels from there bring it back, and the episode still succeeds."""
+    env = gym.make(env_id, image_size=32, layout="random")
+    inner = env.unwrapped
+    successes = 0
+    for seed in range(10):
+        label_as_it_closes = None
+        for obs, label, *_, info in run_episode(env, make_expert(env), seed, missed_grasps=1.0):
+            if label_as_it_closes is None and inner.gripper_opening < 0.075:  # fully open is 0.08
+                label_as_it_closes = label[3]
+        assert info["missed_grasp"] and label_as_it_closes == OPEN, f"seed {seed}"
+        successes += info["is_success"]
+    env.close()
+    assert successes >= 9, f"{env_id}: {successes}/10 recovered from the missed grasp"
+
+
+def test_missed_grasps_leave_other_experts_and_unperturbed_episodes_alone():
+    for env_id in ("sims/Push-v0", "sims/Lift-v0"):
+        env = gym.make(env_id, image_size=32, layout="random")
+        plain = [row[1] for row in run_episode(env, make_expert(env), seed=4)]
+        share = 1.0 if env_id == "sims/Push-v0" else 0.0  # Push does not grasp: nothing to miss
+        rows = list(run_episode(env, make_expert(env), seed=4, missed_grasps=share))
+        env.close()
+        assert not rows[-1][-1]["missed_grasp"]
+        np.testing.assert_array_equal(np.stack(plain), np.stack([row[1] for row in rows]))
 
 
 def test_an_expert_episode_can_go_on_past_its_first_success():
