@@ -191,14 +191,17 @@ class PickPlaceExpert(GraspingExpert):
 class MisreadCube:
     """An environment as a scripted expert sees it, with the named cube read off where it is: by a fixed `offset`
     (m, sideways) and by a fresh Gaussian error of `spread` (m, per horizontal axis) each time it is looked at, as
-    a policy reading the cube from the image does. The physics and the success check still see the real cube.
+    a policy reading the cube from the image does; with `zone_turn` (radians), the zone read turned by that angle
+    about the named cube (the push's direction misread). The physics and the success check see the real scene.
 
         expert = make_expert(env); expert.env = MisreadCube(env.unwrapped, spread=0.008, rng=rng)
     """
 
-    def __init__(self, env, offset=(0.0, 0.0), spread: float = 0.0, rng: np.random.Generator | None = None):
+    def __init__(self, env, offset=(0.0, 0.0), spread: float = 0.0, rng: np.random.Generator | None = None,
+                 zone_turn: float = 0.0):
         self._env, self._offset, self._spread = env, np.asarray(offset, dtype=float), spread
         self._rng = rng or np.random.default_rng(0)
+        self._zone_turn = zone_turn
 
     def __getattr__(self, name):
         return getattr(self._env, name)
@@ -213,6 +216,12 @@ class MisreadCube:
             return position
         error = self._offset + (self._rng.normal(0.0, self._spread, 2) if self._spread else 0.0)
         return position + np.append(error, 0.0)
+
+    @property
+    def zone(self) -> np.ndarray:
+        cube = self._env.object_position(self._env.target)[:2]
+        cos, sin = np.cos(self._zone_turn), np.sin(self._zone_turn)
+        return cube + np.array([[cos, -sin], [sin, cos]]) @ (self._env.zone - cube)
 
 
 class MissedGrasp:
@@ -252,6 +261,44 @@ class MissedGrasp:
         return np.array([0.0, 0.0, 0.0, CLOSED], np.float32)
 
 
+class MisdirectedPush:
+    """What a push expert's episode executes when its first push is aimed wrong: the expert's approach and push
+    with the cube read 5-15 mm off and the zone 15-35 degrees off its direction (either side), until the cube has
+    moved 4 cm, as a policy that misreads the scene does. The labels stay the expert's own actions, so from there
+    they show the recovery: correct the line, or come round and push again."""
+
+    OFFSET = (0.005, 0.015)  # m, in a random horizontal direction
+    TURN = (np.radians(15), np.radians(35))
+    SHOVE = 0.04  # m the cube moves before the expert takes over
+
+    def __init__(self, expert: PushExpert, rng: np.random.Generator):
+        angle, distance = rng.uniform(0.0, 2 * np.pi), rng.uniform(*self.OFFSET)
+        turn = rng.choice([-1.0, 1.0]) * rng.uniform(*self.TURN)
+        self.env = expert.env
+        self.misled = PushExpert(MisreadCube(self.env, offset=distance * np.array([np.cos(angle), np.sin(angle)]),
+                                             zone_turn=turn))
+        self._start = self.env.object_position(self.env.target)[:2].copy()
+        self.done = False
+
+    def act(self, label: np.ndarray) -> np.ndarray:
+        """The action to execute this step, given the expert's (`label`)."""
+        env = self.env
+        self.done = self.done or np.linalg.norm(env.object_position(env.target)[:2] - self._start) > self.SHOVE
+        return label if self.done else self.misled.act()
+
+
+GONE_WRONG = {GraspingExpert: MissedGrasp, PushExpert: MisdirectedPush}  # expert -> its first attempt gone wrong
+
+
+def gone_wrong(expert: Expert, rng: np.random.Generator):
+    """The first attempt of this expert's task made to go wrong on purpose (call after env.reset()), or None for
+    a task without one (Reach, Meta-World)."""
+    for kind, perturbation in GONE_WRONG.items():
+        if isinstance(expert, kind):
+            return perturbation(expert, rng)
+    return None
+
+
 EXPERTS: dict[str, type[Expert]] = {
     "reach": ReachExpert,
     "push": PushExpert,
@@ -272,7 +319,7 @@ def make_expert(env) -> Expert:
 
 
 def run_episode(env, expert: Expert, seed: int, noise: float = 0.0, rng: np.random.Generator | None = None,
-                options: dict | None = None, after_success: int = 0, missed_grasps: float = 0.0):
+                options: dict | None = None, after_success: int = 0, recoveries: float = 0.0):
     """Roll out one episode; yields (observation, expert_action, reward, terminated, truncated, info) per step.
 
     With `noise > 0` the executed action is the expert's plus Gaussian noise, while the yielded label
@@ -280,21 +327,20 @@ def run_episode(env, expert: Expert, seed: int, noise: float = 0.0, rng: np.rand
     `options` goes to env.reset (e.g. {"target": "red"}). The episode ends at its first success, or
     `after_success` steps later (the expert goes on acting, and `info["success_step"]` says when the
     first success was): demonstrations then also show what the expert does once it is there.
-    `missed_grasps`: the share of a grasping expert's episodes whose first grasp is missed on purpose
-    (`MissedGrasp`; executed, never labelled); `info["missed_grasp"]` says whether this one's was.
+    `recoveries`: the share of episodes whose first attempt goes wrong on purpose (`gone_wrong`: a grasp that
+    misses, a push aimed off; executed, never labelled), so that the labels show the recovery; `info["recovery"]`
+    says whether this one's did. Tasks without such an attempt (Reach) are left alone.
     """
     obs, info = env.reset(seed=seed, options=options)
     expert.reset()
     rng = rng or np.random.default_rng(seed)
     # Drawn only when asked for, so that episodes without it replay exactly as they did before it existed.
-    missed = None
-    if missed_grasps and isinstance(expert, GraspingExpert) and rng.random() < missed_grasps:
-        missed = MissedGrasp(expert, rng)
+    wrong = gone_wrong(expert, rng) if recoveries and rng.random() < recoveries else None
     success_step = None
     limit = env.unwrapped.max_episode_steps  # stepping past it is the env's error (Meta-World raises)
     for step in itertools.count():
         action = expert.act(obs)
-        executed = action if missed is None else missed.act(action)
+        executed = action if wrong is None else wrong.act(action)
         if noise > 0:
             executed = executed.copy()
             executed[:3] = np.clip(executed[:3] + rng.normal(0.0, noise, 3), -1.0, 1.0)
@@ -303,7 +349,7 @@ def run_episode(env, expert: Expert, seed: int, noise: float = 0.0, rng: np.rand
             success_step = step
         succeeded = success_step is not None
         ends = truncated or step + 1 >= limit or (succeeded and step >= success_step + after_success)
-        info = {**info, "is_success": succeeded, "success_step": success_step, "missed_grasp": missed is not None}
+        info = {**info, "is_success": succeeded, "success_step": success_step, "recovery": wrong is not None}
         yield obs, action, reward, ends and succeeded, ends and not succeeded, info
         if ends:
             return

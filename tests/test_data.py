@@ -54,18 +54,18 @@ def test_collection_can_record_the_expert_past_success(tmp_path):
         collect("sims/Reach-v0", episodes=1, out=tmp_path / "c.hdf5", progress=False, after_success=-1)
 
 
-def test_collection_records_missed_grasps_and_refuses_them_where_nothing_is_grasped(tmp_path):
-    out = tmp_path / "lift.hdf5"
-    collect("sims/Lift-v0", episodes=6, out=out, seed=0, progress=False, env_kwargs={"image_size": 32},
-            missed_grasps=0.5)
-    with EpisodeReader(out) as reader:
-        missed = [reader.attrs(i)["missed_grasp"] for i in range(len(reader))]
-        assert reader.env_args["missed_grasps"] == 0.5
-    assert 0 < sum(missed) < len(missed)
-    with pytest.raises(DatasetError, match="grasping task"):
-        collect("sims/Push-v0", episodes=1, out=tmp_path / "push.hdf5", progress=False, missed_grasps=0.5)
+def test_collection_records_recoveries_and_refuses_them_where_nothing_can_go_wrong(tmp_path):
+    for env_id in ("sims/Lift-v0", "sims/Push-v0"):
+        out = tmp_path / f"{env_id.split('/')[1]}.hdf5"
+        collect(env_id, episodes=6, out=out, seed=0, progress=False, env_kwargs={"image_size": 32}, recoveries=0.5)
+        with EpisodeReader(out) as reader:
+            recovered = [reader.attrs(i)["recovery"] for i in range(len(reader))]
+            assert reader.env_args["recoveries"] == 0.5
+        assert 0 < sum(recovered) < len(recovered), env_id
+    with pytest.raises(DatasetError, match="can go wrong"):
+        collect("sims/Reach-v0", episodes=1, out=tmp_path / "reach.hdf5", progress=False, recoveries=0.5)
     with pytest.raises(DatasetError, match=r"\[0, 1\]"):
-        collect("sims/Lift-v0", episodes=1, out=tmp_path / "x.hdf5", progress=False, missed_grasps=1.5)
+        collect("sims/Lift-v0", episodes=1, out=tmp_path / "x.hdf5", progress=False, recoveries=1.5)
 
 
 def test_collection_is_the_same_with_one_or_two_workers(tmp_path):

@@ -116,30 +116,51 @@ def test_experts_succeed_on_a_cube_read_with_a_policys_error(env_id):
 
 @pytest.mark.parametrize("env_id", ["sims/Lift-v0", "sims/PickPlace-v0"])
 def test_a_missed_grasp_is_executed_but_the_labels_show_the_recovery(env_id):
-    """With missed_grasps=1 every episode's gripper first closes where the expert's own label says to stay open
+    """With recoveries=1 every episode's gripper first closes where the expert's own label says to stay open
     (its grasp aimed 15-25 mm off the cube); the labels from there bring it back, and the episode still succeeds."""
     env = gym.make(env_id, image_size=32, layout="random")
     inner = env.unwrapped
     successes = 0
     for seed in range(10):
         label_as_it_closes = None
-        for obs, label, *_, info in run_episode(env, make_expert(env), seed, missed_grasps=1.0):
+        for obs, label, *_, info in run_episode(env, make_expert(env), seed, recoveries=1.0):
             if label_as_it_closes is None and inner.gripper_opening < 0.075:  # fully open is 0.08
                 label_as_it_closes = label[3]
-        assert info["missed_grasp"] and label_as_it_closes == OPEN, f"seed {seed}"
+        assert info["recovery"] and label_as_it_closes == OPEN, f"seed {seed}"
         successes += info["is_success"]
     env.close()
     assert successes >= 9, f"{env_id}: {successes}/10 recovered from the missed grasp"
 
 
-def test_missed_grasps_leave_other_experts_and_unperturbed_episodes_alone():
-    for env_id in ("sims/Push-v0", "sims/Lift-v0"):
+def test_a_misdirected_push_is_executed_but_the_labels_show_the_recovery():
+    """With recoveries=1 Push's cube first leaves its start well off the line to the zone (the executed push aimed
+    15-35 degrees off), while the labels, the expert's own, push toward the zone; the episode still succeeds."""
+    env = gym.make("sims/Push-v0", image_size=32, layout="random")
+    inner = env.unwrapped
+    successes, angles = 0, []
+    for seed in range(10):
+        start = None
+        for obs, label, *_, info in run_episode(env, make_expert(env), seed, recoveries=1.0):
+            cube = inner.object_position(inner.target)[:2]
+            if start is None:
+                start, to_zone = cube.copy(), inner.zone - cube
+            elif len(angles) == seed and np.linalg.norm(cube - start) > 0.03:
+                moved = cube - start
+                angles.append(np.degrees(np.arccos(moved @ to_zone / np.linalg.norm(moved) / np.linalg.norm(to_zone))))
+        assert info["recovery"], f"seed {seed}"
+        successes += info["is_success"]
+    env.close()
+    assert np.median(angles) > 10, f"first 3 cm off the zone's direction: {np.round(angles)} degrees"
+    assert successes >= 9, f"{successes}/10 recovered from the misdirected push"
+
+
+def test_recoveries_leave_reach_and_unperturbed_episodes_alone():
+    for env_id, share in (("sims/Reach-v0", 1.0), ("sims/Push-v0", 0.0), ("sims/Lift-v0", 0.0)):
         env = gym.make(env_id, image_size=32, layout="random")
         plain = [row[1] for row in run_episode(env, make_expert(env), seed=4)]
-        share = 1.0 if env_id == "sims/Push-v0" else 0.0  # Push does not grasp: nothing to miss
-        rows = list(run_episode(env, make_expert(env), seed=4, missed_grasps=share))
+        rows = list(run_episode(env, make_expert(env), seed=4, recoveries=share))  # Reach has nothing to go wrong
         env.close()
-        assert not rows[-1][-1]["missed_grasp"]
+        assert not rows[-1][-1]["recovery"]
         np.testing.assert_array_equal(np.stack(plain), np.stack([row[1] for row in rows]))
 
 

@@ -38,8 +38,8 @@ def cmd_collect(args) -> int:
 
     out = Path(args.out)
     if args.suite:
-        if args.missed_grasps:
-            raise VLAError("--missed-grasps goes with --task (a grasping task), not --suite")
+        if args.recoveries:
+            raise VLAError("--recoveries goes with --task, not --suite")
         from vla.data.collect import collect_suite, expert_success
         from vla.suites import load_suite
 
@@ -71,7 +71,7 @@ def cmd_collect(args) -> int:
         all_targets=args.all_targets,
         targets=args.targets,
         after_success=args.after_success,
-        missed_grasps=args.missed_grasps,
+        recoveries=args.recoveries,
     )
     print(
         f"wrote {summary['episodes_written']} episodes to {summary['out']} "
@@ -283,9 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise on executed actions (DART)")
     p.add_argument("--keep-failures", action="store_true")
-    p.add_argument("--missed-grasps", type=float, default=0.0, metavar="SHARE",
-                   help="grasping tasks: the share of episodes whose first grasp is missed on purpose (executed, "
-                        "not labelled), so that the demonstrations show the recovery")
+    p.add_argument("--recoveries", type=float, default=0.0, metavar="SHARE",
+                   help="the share of episodes whose first attempt goes wrong on purpose (a grasp that misses, a push "
+                        "aimed off; executed, not labelled), so that the demonstrations show the recovery")
     p.add_argument("--after-success", type=int, default=0, metavar="STEPS",
                    help="keep recording the expert this many steps past each episode's first success")
     p.add_argument("--targets", nargs="+", default=None, metavar="COLOUR",

@@ -26,7 +26,7 @@ class CollectionJob:
     env_kwargs: dict
     noise: float = 0.0
     after_success: int = 0  # expert steps recorded after the first success
-    missed_grasps: float = 0.0  # share of episodes whose first grasp is missed on purpose (sims.experts.MissedGrasp)
+    recoveries: float = 0.0  # share of episodes whose first attempt goes wrong on purpose (sims.experts.gone_wrong)
 
 
 _worker_cache: dict[str, tuple] = {}  # one environment and expert per job and process, built on first use
@@ -76,7 +76,7 @@ def rollout(job: CollectionJob, seed: int, target: str | None = None) -> Episode
     unwrapped = env.unwrapped
     for obs, action, reward, terminated, truncated, info in run_episode(env, expert, seed, noise=job.noise, rng=rng,
                                                                          options=options, after_success=job.after_success,
-                                                                         missed_grasps=job.missed_grasps):
+                                                                         recoveries=job.recoveries):
         for key, value in obs.items():
             frames.setdefault(key, []).append(value)
         # Privileged, for auxiliary losses and analysis; never a policy input.
@@ -98,7 +98,7 @@ def rollout(job: CollectionJob, seed: int, target: str | None = None) -> Episode
             "success": bool(info.get("is_success", False)),
             "success_step": -1 if info.get("success_step") is None else info["success_step"],
             "noise": job.noise,
-            "missed_grasp": bool(info.get("missed_grasp", False)),
+            "recovery": bool(info.get("recovery", False)),
         },
     )
 
@@ -131,7 +131,7 @@ def collect(
     all_targets: bool = False,
     targets: list[str] | None = None,
     after_success: int = 0,
-    missed_grasps: float = 0.0,
+    recoveries: float = 0.0,
 ) -> dict:
     """Write `episodes` expert episodes to `out`; returns a summary dict.
 
@@ -140,21 +140,22 @@ def collect(
     different actions, which teaches a policy to read the instruction. `targets` limits the objects
     named to these colours (a colour held out of a task's demonstrations, for a generalization test).
     `after_success` keeps each episode going that many expert steps past its first success.
-    `missed_grasps` (a grasping task's) is the share of episodes whose first grasp is missed on purpose and
-    recovered from (`sims.experts.MissedGrasp`): the labels are the expert's, so they show the recovery.
+    `recoveries` is the share of episodes whose first attempt goes wrong on purpose and is recovered from
+    (`sims.experts.gone_wrong`: Lift's and PickPlace's grasp misses, Push's push is aimed off): the labels are
+    the expert's, so they show the recovery.
     """
     import sims
-    from sims.experts import GraspingExpert
+    from sims.experts import GONE_WRONG
 
     env_id = sims.check_env_id(env_id)
     if episodes < 1:
         raise DatasetError(f"--episodes must be at least 1, got {episodes}")
     if after_success < 0:
         raise DatasetError(f"--after-success must be at least 0, got {after_success}")
-    if not 0.0 <= missed_grasps <= 1.0:
-        raise DatasetError(f"--missed-grasps is a share of episodes in [0, 1], got {missed_grasps}")
+    if not 0.0 <= recoveries <= 1.0:
+        raise DatasetError(f"--recoveries is a share of episodes in [0, 1], got {recoveries}")
     job = CollectionJob(env_id=env_id, env_kwargs=dict(env_kwargs or {}), noise=noise, after_success=after_success,
-                        missed_grasps=missed_grasps)
+                        recoveries=recoveries)
     written = failures = attempts = 0
     outcomes: list[tuple[int, bool]] = []  # (seed, expert succeeded), in seed order
     if targets is not None and not all_targets:
@@ -165,11 +166,11 @@ def collect(
         raise DatasetError(f"--targets {unknown}: the scene's objects are {colors}")
     targets = [c for c in colors if targets is None or c in targets]
     env, expert = _make(job)
-    if missed_grasps and not isinstance(expert, GraspingExpert):
-        raise DatasetError(f"--missed-grasps needs a grasping task (sims/Lift-v0, sims/PickPlace-v0); {env_id}'s "
-                           f"expert does not grasp")
+    if recoveries and not isinstance(expert, tuple(GONE_WRONG)):
+        raise DatasetError(f"--recoveries needs a task whose first attempt can go wrong (sims/Push-v0, sims/Lift-v0, "
+                           f"sims/PickPlace-v0); {env_id}'s expert has none")
     env_args = {"env_name": env_id, "env_kwargs": effective_settings(env, job.env_kwargs), "noise": noise,
-                "after_success": after_success, "missed_grasps": missed_grasps}
+                "after_success": after_success, "recoveries": recoveries}
     action_space = {"names": env.unwrapped.metadata.get("action_names"), "hold": env.unwrapped.metadata.get("action_hold")}
     with EpisodeWriter(out, env_args=env_args, append=append, action_space=action_space) as writer:
         if seed is None:
