@@ -335,7 +335,9 @@ def run_episode(env, expert: Expert, seed: int, noise: float = 0.0, rng: np.rand
     expert.reset()
     rng = rng or np.random.default_rng(seed)
     # Drawn only when asked for, so that episodes without it replay exactly as they did before it existed.
-    wrong = gone_wrong(expert, rng) if recoveries and rng.random() < recoveries else None
+    wrong = None
+    if recoveries and isinstance(expert, tuple(GONE_WRONG)) and rng.random() < recoveries:
+        wrong = gone_wrong(expert, rng)
     success_step = None
     limit = env.unwrapped.max_episode_steps  # stepping past it is the env's error (Meta-World raises)
     for step in itertools.count():
