@@ -9,8 +9,9 @@ that fits:
 - *another cube*: the named cube moved under 2 cm and another one over 2 cm (the wrong cube pushed);
 - *never pushed*: the named cube moved under 1 cm;
 - *off line*: the cube's first 3 cm went over 30 degrees away from the direction to the zone's centre;
-- *through the zone*: the cube's centre was inside the success radius at some step but ended outside it;
 - *short*: the rest (pushed roughly toward the zone and stopped, or still pushing when time ran out).
+
+(A cube that reaches the zone ends the episode as a win, so no loss passes through it.)
 
 and the table lists, per lost seed, the first push's angle off the zone's direction, the cube's closest and final
 distance to the zone's centre and how far it moved in all.
@@ -27,14 +28,12 @@ OFF_LINE = 30.0  # degrees
 
 
 def push_episode(policy, env, seed: int) -> dict:
-    from sims.scene import ZONE_RADIUS
-
     obs, info = env.reset(seed=seed)
     inner = env.unwrapped
     instruction = info["instruction"]
     start = {color: inner.object_position(color)[:2].copy() for color in inner.placed_colors}
     to_zone = inner.zone - start[inner.target]
-    first_angle, closest, inside, done, steps = np.nan, np.inf, False, False, 0
+    first_angle, closest, done, steps = np.nan, np.inf, False, 0
     while not done:
         for action in policy.act({**obs, "prompt": instruction}):
             obs, _, terminated, truncated, info = env.step(action)
@@ -46,10 +45,9 @@ def push_episode(policy, env, seed: int) -> dict:
                 first_angle = float(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))))
             distance = float(np.linalg.norm(cube - inner.zone))
             closest = min(closest, distance)
-            inside |= distance < ZONE_RADIUS - 0.01
             if done := terminated or truncated:
                 break
-    moved_named = float(np.linalg.norm(inner.object_position(inner.target)[:2] - start[inner.target]))
+    moved_named = float(np.linalg.norm(moved))
     moved_other = max((float(np.linalg.norm(inner.object_position(c)[:2] - start[c]))
                        for c in inner.placed_colors if c != inner.target), default=0.0)
     if info["is_success"]:
@@ -60,8 +58,6 @@ def push_episode(policy, env, seed: int) -> dict:
         kind = "never pushed"
     elif first_angle > OFF_LINE:
         kind = "off line"
-    elif inside:
-        kind = "through the zone"
     else:
         kind = "short"
     return {"seed": seed, "instruction": instruction, "kind": kind, "steps": steps, "first_angle": first_angle,
@@ -89,7 +85,7 @@ def main() -> None:
     rows = [push_episode(policy, env, args.seed + episode) for episode in range(args.episodes)]
     env.close()
 
-    kinds = ["won", "another cube", "never pushed", "off line", "through the zone", "short"]
+    kinds = ["won", "another cube", "never pushed", "off line", "short"]
     print("| outcome | episodes |\n|---|---|")
     for kind in kinds:
         print(f"| {kind} | {sum(r['kind'] == kind for r in rows)} |")

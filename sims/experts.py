@@ -290,15 +290,13 @@ class MisdirectedPush:
         return label if self.done else self.misled.act()
 
 
-GONE_WRONG = {GraspingExpert: MissedGrasp, PushExpert: MisdirectedPush}  # expert -> its first attempt gone wrong
-
-
-def gone_wrong(expert: Expert, rng: np.random.Generator):
-    """The first attempt of this expert's task made to go wrong on purpose (call after env.reset()), or None for
-    a task without one (Reach, Meta-World)."""
-    for kind, perturbation in GONE_WRONG.items():
-        if isinstance(expert, kind):
-            return perturbation(expert, rng)
+def gone_wrong(expert: Expert) -> type[MissedGrasp] | type[MisdirectedPush] | None:
+    """How this expert's first attempt is made to go wrong on purpose (built as `gone_wrong(expert)(expert, rng)`
+    after env.reset()), or None for a task without one (Reach, Meta-World)."""
+    if isinstance(expert, GraspingExpert):
+        return MissedGrasp
+    if isinstance(expert, PushExpert):
+        return MisdirectedPush
     return None
 
 
@@ -338,9 +336,9 @@ def run_episode(env, expert: Expert, seed: int, noise: float = 0.0, rng: np.rand
     expert.reset()
     rng = rng or np.random.default_rng(seed)
     # Drawn only when asked for, so that episodes without it replay exactly as they did before it existed.
-    wrong = None
-    if recoveries and isinstance(expert, tuple(GONE_WRONG)) and rng.random() < recoveries:
-        wrong = gone_wrong(expert, rng)
+    wrong, perturbation = None, gone_wrong(expert)
+    if recoveries and perturbation is not None and rng.random() < recoveries:
+        wrong = perturbation(expert, rng)
     success_step = None
     limit = env.unwrapped.max_episode_steps  # stepping past it is the env's error (Meta-World raises)
     for step in itertools.count():

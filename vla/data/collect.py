@@ -145,7 +145,7 @@ def collect(
     the expert's, so they show the recovery.
     """
     import sims
-    from sims.experts import GONE_WRONG
+    from sims.experts import gone_wrong
 
     env_id = sims.check_env_id(env_id)
     if episodes < 1:
@@ -166,7 +166,7 @@ def collect(
         raise DatasetError(f"--targets {unknown}: the scene's objects are {colors}")
     targets = [c for c in colors if targets is None or c in targets]
     env, expert = _make(job)
-    if recoveries and not isinstance(expert, tuple(GONE_WRONG)):
+    if recoveries and gone_wrong(expert) is None:
         raise DatasetError(f"--recoveries needs a task whose first attempt can go wrong (sims/Push-v0, sims/Lift-v0, "
                            f"sims/PickPlace-v0); {env_id}'s expert has none")
     env_args = {"env_name": env_id, "env_kwargs": effective_settings(env, job.env_kwargs), "noise": noise,
