@@ -1,12 +1,13 @@
 """Success with the demonstrations' phrasings against phrasings they never used.
 
     python benchmarks/phrasings.py POLICY_DIR [--suite builtin] [--tasks sims/Reach-v0,...] [--episodes 50]
-                                   [--seed 300000] [--workers 2]
+                                   [--seed 300000] [--workers 2] [--json ROWS.json]
 
 POLICY_DIR is a checkpoint or an export. Without --suite the task is the one its training data came from;
 with it, every task of the suite (a multi-task policy). For each task both rows run the same seeds (the same
 scenes, the same named cube); only the instruction differs. The held-out phrasings are in
-tests/heldout_phrasings.py, which no demonstration, recipe or normalization table reads.
+tests/heldout_phrasings.py, which no demonstration, recipe or normalization table reads. A second table
+breaks each row down by phrasing (the phrasings cycle over the episodes).
 """
 
 from __future__ import annotations
@@ -18,6 +19,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from heldout_phrasings import HELDOUT_PHRASINGS, heldout_rephraser  # noqa: E402
+
+
+def by_phrasing(episodes: list[dict]) -> list[tuple[str, int, int]]:
+    """(phrasing with its colour as {color}, successes, episodes), in the order the phrasings first ran."""
+    counts: dict[str, list[int]] = {}
+    for episode in episodes:
+        phrasing = episode["instruction"].replace(episode["target"], "{color}")
+        counts.setdefault(phrasing, [0, 0])
+        counts[phrasing][0] += int(episode["success"])
+        counts[phrasing][1] += 1
+    return [(phrasing, successes, total) for phrasing, (successes, total) in counts.items()]
 
 
 def main() -> int:
@@ -50,9 +62,9 @@ def main() -> int:
             parser.error(f"--tasks {unknown} not among {env_ids}")
         env_ids = [e for e in env_ids if e in args.tasks.split(",")]
     print(f"{', '.join(env_ids)} {env_kwargs}, {args.episodes} episodes per row from seed {args.seed}\n")
-    print("| task | phrasings | success | 95% CI | examples |")
-    print("|---|---|---|---|---|")
-    rows = []
+    print("| task | phrasings | success | 95% CI | per target | examples |")
+    print("|---|---|---|---|---|---|")
+    rows, per_phrasing = [], []
     for env_id in env_ids:
         task = sims.ENV_SPECS[env_id]["task"]
         for name, rephrase, examples in (
@@ -64,8 +76,14 @@ def main() -> int:
             low, high = result["ci95"]
             rows.append({"task": env_id, "phrasings": name.split(" (")[0], "successes": result["successes"],
                          "episodes": result["num_episodes"], "ci95": [low, high]})
+            per_phrasing += [(env_id, *row) for row in by_phrasing(result["episodes"])]
+            targets = ", ".join(f"{target} {row['successes']}/{row['episodes']}"
+                                for target, row in sorted(result["per_target"].items()))
             print(f"| {env_id} | {name} | {result['successes']}/{result['num_episodes']} | {100 * low:.0f}-{100 * high:.0f}% "
-                  f"| {'; '.join(e.format(color='red') for e in examples[:2])} |", flush=True)
+                  f"| {targets} | {'; '.join(e.format(color='red') for e in examples[:2])} |", flush=True)
+    print("\n| task | phrasing | success |\n|---|---|---|")
+    for env_id, phrasing, successes, episodes in per_phrasing:
+        print(f"| {env_id} | {phrasing} | {successes}/{episodes} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0
