@@ -44,7 +44,7 @@ def main() -> int:
     args = parser.parse_args()
 
     import sims
-    from vla.evaluation import evaluate
+    from vla.evaluation import evaluate, format_targets
     from vla.policy import load_policy
 
     policy = load_policy(args.policy, device="cpu")
@@ -77,8 +77,7 @@ def main() -> int:
             rows.append({"task": env_id, "phrasings": name.split(" (")[0], "successes": result["successes"],
                          "episodes": result["num_episodes"], "ci95": [low, high]})
             per_phrasing += [(env_id, *row) for row in by_phrasing(result["episodes"])]
-            targets = ", ".join(f"{target} {row['successes']}/{row['episodes']}"
-                                for target, row in sorted(result["per_target"].items()))
+            targets = format_targets(result["per_target"])
             print(f"| {env_id} | {name} | {result['successes']}/{result['num_episodes']} | {100 * low:.0f}-{100 * high:.0f}% "
                   f"| {targets} | {'; '.join(e.format(color='red') for e in examples[:2])} |", flush=True)
     print("\n| task | phrasing | success |\n|---|---|---|")

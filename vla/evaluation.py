@@ -229,11 +229,16 @@ def evaluate_suite(policy, suite, episodes: int, seed: int = DEFAULT_EVAL_SEED, 
     return summary
 
 
+def format_targets(per_target: dict) -> str:
+    """"blue 11/11, green 20/20, red 19/19" from a summary's per_target."""
+    return ", ".join(f"{target} {row['successes']}/{row['episodes']}" for target, row in per_target.items())
+
+
 def format_suite(summary: dict) -> str:
     lines = [f"{summary['suite']}: average success {summary['average_success_rate']:.1%}"]
     for env_id, row in summary["tasks"].items():
         low, high = row["ci95"]
-        targets = ", ".join(f"{t} {r['successes']}/{r['episodes']}" for t, r in row.get("per_target", {}).items())
+        targets = format_targets(row.get("per_target", {}))
         lines.append(f"  {env_id:34s} {row['successes']:3d}/{row['num_episodes']:<3d} {row['success_rate']:6.1%} "
                      f"(95% CI {low:.0%}-{high:.0%}), {row['mean_steps']:.0f} steps" + (f"; {targets}" if targets else ""))
     for bucket, rate in summary["difficulty"].items():
