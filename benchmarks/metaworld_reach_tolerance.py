@@ -44,7 +44,7 @@ def main() -> None:
         for episode, direction in enumerate(directions):
             env.reset(seed=args.seed + episode)
             goal = inner.raw_observation[-3:].copy()
-            for _ in range(inner.max_episode_steps):
+            for _ in range(env.spec.max_episode_steps):
                 gap.append(inner._env.tcp_center - inner.raw_observation[:3])
                 # the expert reads the goal from the privileged observation: show it a displaced one
                 inner.raw_observation[-3:] = goal + offset_cm / 100 * direction

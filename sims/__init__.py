@@ -15,7 +15,9 @@ import gymnasium as gym
 from sims.env import ACTION_DIM, STATE_DIM, TabletopEnv
 from sims.tasks import TASKS
 
-# Registered ids and the keyword arguments that define them. Any keyword can be overridden in gym.make.
+# Registered ids and the keyword arguments that define them. Any keyword can be overridden in gym.make, and so
+# can an episode's length: gym.make(id, max_episode_steps=N) (Gymnasium's TimeLimit; the envs keep no limit
+# of their own, so a longer one than the task's is not cut short).
 ENV_SPECS: dict[str, dict] = {
     "sims/Reach-v0": {"task": "reach"},
     "sims/Push-v0": {"task": "push"},
@@ -39,14 +41,15 @@ def metaworld_available() -> bool:
 def _register() -> None:
     for env_id, kwargs in ENV_SPECS.items():
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point="sims.env:TabletopEnv", kwargs=kwargs)
+            gym.register(id=env_id, entry_point="sims.env:TabletopEnv", kwargs=kwargs,
+                         max_episode_steps=TASKS[kwargs["task"]].max_steps)
     if metaworld_available():
-        from sims.metaworld import task_names
+        from sims.metaworld import MAX_STEPS, task_names
 
         for task in task_names():
             if METAWORLD_PREFIX + task not in gym.registry:
                 gym.register(id=METAWORLD_PREFIX + task, entry_point="sims.metaworld:MetaWorldEnv",
-                             kwargs={"task": task})
+                             kwargs={"task": task}, max_episode_steps=MAX_STEPS)
 
 
 def check_env_id(env_id: str) -> str:

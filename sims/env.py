@@ -76,7 +76,6 @@ class TabletopEnv(gym.Env):
         layout: str = "random",
         control_hz: int = 10,
         max_step: float = 0.03,
-        max_episode_steps: int | None = None,
         success_tolerance: float | None = None,
         render_size: int | None = None,
     ):
@@ -98,7 +97,6 @@ class TabletopEnv(gym.Env):
         self.wrist_camera = wrist_camera
         self.layout_kind = layout
         self.max_step = max_step
-        self.max_episode_steps = max_episode_steps or self.task.max_steps
         self.colors = tuple(COLORS)[:num_colors]  # cubes in the scene; num_objects of them on the table
         self.num_objects = num_objects
         self.metadata = {**self.metadata, "render_fps": control_hz}
@@ -124,7 +122,6 @@ class TabletopEnv(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
 
         self._layout: Layout | None = None
-        self._steps = 0
 
     # ----- privileged state (tasks and scripted experts read these) -----
     @property
@@ -194,7 +191,6 @@ class TabletopEnv(gym.Env):
         self.data.qpos[self._finger_qpos] = FINGER_TRAVEL
         self._set_controls(start, gripper_command=-1.0)
         mujoco.mj_forward(self.model, self.data)
-        self._steps = 0
         return self._observation(), self._info(success=False)
 
     def step(self, action):
@@ -210,10 +206,8 @@ class TabletopEnv(gym.Env):
         # gripper does not wind up its set point (Meta-World does the same with its mocap).
         self._set_controls(self.tcp + action[:3] * self.max_step, gripper_command=action[3])
         mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
-        self._steps += 1
         success = self.task.is_success(self)
-        truncated = self._steps >= self.max_episode_steps and not success
-        return self._observation(), float(success), success, truncated, self._info(success)
+        return self._observation(), float(success), success, False, self._info(success)
 
     def render(self):
         if self.render_mode != "rgb_array":

@@ -340,7 +340,8 @@ def run_episode(env, expert: Expert, seed: int, noise: float = 0.0, rng: np.rand
     if recoveries and perturbation is not None and rng.random() < recoveries:
         wrong = perturbation(expert, rng)
     success_step = None
-    limit = env.unwrapped.max_episode_steps  # stepping past it is the env's error (Meta-World raises)
+    if env.spec is None or env.spec.max_episode_steps is None:
+        raise ValueError("run_episode needs an env with a time limit (gym.make gives the registered one)")
     for step in itertools.count():
         action = expert.act(obs)
         executed = action if wrong is None else wrong.act(action)
@@ -351,7 +352,7 @@ def run_episode(env, expert: Expert, seed: int, noise: float = 0.0, rng: np.rand
         if success_step is None and info.get("is_success"):
             success_step = step
         succeeded = success_step is not None
-        ends = truncated or step + 1 >= limit or (succeeded and step >= success_step + after_success)
+        ends = truncated or (succeeded and step >= success_step + after_success)
         info = {**info, "is_success": succeeded, "success_step": success_step, "recovery": wrong is not None}
         yield obs, action, reward, ends and succeeded, ends and not succeeded, info
         if ends:

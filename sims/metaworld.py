@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import gymnasium as gym
@@ -78,7 +79,7 @@ class MetaWorldEnv(gym.Env):
                 "action_names": ["dx", "dy", "dz", "gripper"], "action_hold": [0.0, 0.0, 0.0, None]}
 
     def __init__(self, task: str = "reach-v3", render_mode: str | None = None, image_size: int = 96,
-                 wrist_camera: bool = False, render_size: int | None = None, max_episode_steps: int = MAX_STEPS,
+                 wrist_camera: bool = False, render_size: int | None = None,
                  camera_fovy: float = FRONT_CAMERA_FOVY, side_camera: bool = False):
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
@@ -90,7 +91,7 @@ class MetaWorldEnv(gym.Env):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.task, self.render_mode = task, render_mode
         self.image_size, self.render_size = image_size, render_size or image_size
-        self.wrist_camera, self.max_episode_steps = wrist_camera, max_episode_steps
+        self.wrist_camera = wrist_camera
         env = ALL_V3_ENVIRONMENTS[task]()
         # A task of our own: a fresh layout from the task's reset space on every seeded reset, and the goal
         # in the (privileged) observation, which the scripted experts read.
@@ -99,7 +100,9 @@ class MetaWorldEnv(gym.Env):
         env._set_task_called = True
         env._partially_observable = False
         env.__dict__.pop("sawyer_observation_space", None)  # a cached property that depends on observability
-        env.max_path_length = max_episode_steps + 1  # our episodes end first (Meta-World refuses to step past it)
+        # gym.make's TimeLimit ends our episodes (MAX_STEPS unless told otherwise); Meta-World's own limit must
+        # not end them first (it refuses to step past it).
+        env.max_path_length = sys.maxsize
         env.model.vis.quality.offsamples = 0  # no multisampling, no shadow maps: 10x faster offscreen rendering
         env.model.vis.quality.shadowsize = 0
         for camera in UPSIDE_DOWN_CAMERAS:
@@ -117,7 +120,6 @@ class MetaWorldEnv(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
         self.raw_observation = np.zeros(39)
         self._phrasing = 0
-        self._steps = 0
         self._succeeded = False
 
     @property
@@ -143,7 +145,7 @@ class MetaWorldEnv(gym.Env):
         # Meta-World moves the goal marker in the model (site_pos) without recomputing the scene, so the
         # first frame would show the previous episode's goal; forward kinematics puts it where it now is.
         mujoco.mj_forward(self._env.model, self._env.data)
-        self._steps, self._succeeded = 0, False
+        self._succeeded = False
         return self._observation(), self._info()
 
     def step(self, action):
@@ -151,10 +153,8 @@ class MetaWorldEnv(gym.Env):
         if action.shape != (4,) or not np.all(np.isfinite(action)):
             raise ValueError(f"action must be 4 finite values, got {action}")
         self.raw_observation, reward, _, _, info = self._env.step(action)
-        self._steps += 1
         self._succeeded = bool(info.get("success", 0.0) > 0)
-        truncated = self._steps >= self.max_episode_steps and not self._succeeded
-        return self._observation(), float(reward), self._succeeded, truncated, self._info()
+        return self._observation(), float(reward), self._succeeded, False, self._info()
 
     def render(self):
         return self._render(FRONT_CAMERA, self.render_size) if self.render_mode == "rgb_array" else None

@@ -39,6 +39,16 @@ def test_an_mt10_task_follows_our_observation_convention():
     env.close()
 
 
+def test_an_episode_may_run_past_meta_worlds_own_limit():
+    env = gym.make("metaworld/reach-v3", image_size=8, max_episode_steps=505)  # Meta-World's own: 500
+    env.reset(seed=0)
+    for step in range(1, 506):
+        *_, terminated, truncated, _ = env.step(np.zeros(4, np.float32))  # standing still: never a success
+        assert not terminated and truncated == (step == 505)
+    env.close()
+    assert gym.make("metaworld/reach-v3", image_size=8).spec.max_episode_steps == sims.metaworld.MAX_STEPS == 500
+
+
 def test_the_first_frame_shows_the_goal_where_the_episode_put_it():
     """Meta-World moves the goal marker without recomputing the scene; the frame at reset used to show the
     previous episode's goal (and so taught the policy a wrong goal at every episode's first step)."""

@@ -26,6 +26,23 @@ def test_observation_and_info_follow_the_documented_api(env_id):
     env.close()
 
 
+def _steps_until_the_end(env) -> int:
+    env.reset(seed=0)
+    for step in range(1, 10_000):
+        *_, terminated, truncated, _ = env.step(np.zeros(env.action_space.shape, np.float32))
+        if terminated or truncated:
+            return step
+    raise AssertionError("the episode never ended")
+
+
+def test_episode_length_is_the_tasks_unless_gym_make_is_given_another():
+    # Standing still never succeeds, so the episode runs to its time limit: the task's by default, and
+    # gym.make's max_episode_steps, longer or shorter, otherwise (the env must not cut a longer one short).
+    assert _steps_until_the_end(gym.make("sims/Reach-v0", image_size=16)) == sims.TASKS["reach"].max_steps == 40
+    assert _steps_until_the_end(gym.make("sims/Reach-v0", image_size=16, max_episode_steps=65)) == 65
+    assert _steps_until_the_end(gym.make("sims/Reach-v0", image_size=16, max_episode_steps=7)) == 7
+
+
 def test_same_seed_gives_the_same_episode():
     def rollout(seed):
         env = gym.make("sims/Push-v0")
