@@ -88,6 +88,7 @@ class PushExpert(Expert):
 
     PUSH_HEIGHT = 0.015
     LATERAL = 0.02  # m off the push line through the cube's centre where pushing still starts
+    OVER_CUBE_HEIGHT = 2 * CUBE_HALF + 0.015  # the lowest the tool goes while over the cube: 1.5 cm above its top
 
     def act(self, observation=None) -> np.ndarray:
         env = self.env
@@ -110,7 +111,7 @@ class PushExpert(Expert):
         if error < self.FUNNEL_RADIUS and behind > 0:
             height = self._funnel_height(error, self.PUSH_HEIGHT)
             if behind < contact and lateral < contact:  # over the cube
-                height = max(height, 2 * CUBE_HALF + 0.015)
+                height = max(height, self.OVER_CUBE_HEIGHT)
             return self._move(np.append(pre_push, height), CLOSED)
         if tcp[2] < SAFE_HEIGHT - 0.02 and np.linalg.norm(offset) < 0.09:
             return self._move(np.append(tcp[:2], SAFE_HEIGHT), CLOSED)  # clear the cube first
