@@ -7,7 +7,8 @@ POLICY_DIR is a checkpoint or an export. Without --suite the task is the one its
 with it, every task of the suite (a multi-task policy). For each task both rows run the same seeds (the same
 scenes, the same named cube); only the instruction differs. The held-out phrasings are in
 tests/heldout_phrasings.py, which no demonstration, recipe or normalization table reads. A second table
-breaks each row down by phrasing (the phrasings cycle over the episodes).
+breaks each row down by phrasing (the phrasings cycle over the episodes) and, when the policy has a lexicon
+(`vla lexicon`), says how it reads each one.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -44,8 +46,11 @@ def main() -> int:
     args = parser.parse_args()
 
     import sims
+    from policies.lexicon import Lexicon
+    from policies.preprocess import PromptTokenizer
     from vla.evaluation import evaluate, format_targets
     from vla.policy import load_policy
+    from vla.training.checkpoints import resolve_policy_dir
 
     policy = load_policy(args.policy, device="cpu")
     if args.suite:
@@ -80,9 +85,14 @@ def main() -> int:
             targets = format_targets(result["per_target"])
             print(f"| {env_id} | {name} | {result['successes']}/{result['num_episodes']} | {100 * low:.0f}-{100 * high:.0f}% "
                   f"| {targets} | {'; '.join(e.format(color='red') for e in examples[:2])} |", flush=True)
-    print("\n| task | phrasing | success |\n|---|---|---|")
+    lexicon = Lexicon.beside(resolve_policy_dir(args.policy) / "tokenizer.json")
+    print("\n| task | phrasing | success |" + (" read as (lexicon.json) |\n|---|---|---|---|" if lexicon else "\n|---|---|---|"))
     for env_id, phrasing, successes, episodes in per_phrasing:
-        print(f"| {env_id} | {phrasing} | {successes}/{episodes} |")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            read_as = (f" {lexicon.rewrite(PromptTokenizer.clean(phrasing.format(color='red'))).replace('red', '{color}')} |"
+                       if lexicon else "")
+        print(f"| {env_id} | {phrasing} | {successes}/{episodes} |{read_as}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

@@ -2,7 +2,8 @@
 
 Images are resized here (OpenCV, area interpolation when shrinking) and stay uint8; pixel
 normalization happens inside the model and the exported graph. Prompts are tokenized with
-`tokenizers`; states are normalized with the dataset's q01/q99.
+`tokenizers`, after the policy's lexicon, if it has one, has put them in its taught words; states are
+normalized with the dataset's q01/q99.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from policies.lexicon import Lexicon
 
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
 
@@ -56,10 +59,11 @@ class PromptTokenizer:
     template is never cut), with one warning per instruction.
     """
 
-    def __init__(self, tokenizer_file: str | Path, max_tokens: int, pad_id: int):
+    def __init__(self, tokenizer_file: str | Path, max_tokens: int, pad_id: int, lexicon: Lexicon | None = None):
         from tokenizers import Tokenizer
 
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.lexicon = lexicon
         self.max_tokens = max_tokens
         self.pad_id = pad_id
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -72,8 +76,13 @@ class PromptTokenizer:
             raise ValueError("the instruction (observation['prompt']) must be a non-empty string")
         return " ".join(instruction.strip().rstrip("?.!").lower().split())
 
+    def read(self, instruction: str) -> str:
+        """The instruction as the policy reads it: cleaned, and in its taught words when it has a lexicon."""
+        cleaned = self.clean(instruction)
+        return cleaned if self.lexicon is None else self.lexicon.rewrite(cleaned)
+
     def prompt(self, instruction: str) -> str:
-        return PROMPT_TEMPLATE.format(instruction=self.clean(instruction))
+        return PROMPT_TEMPLATE.format(instruction=self.read(instruction))
 
     def token_ids(self, instruction: str) -> list[int]:
         return self.tokenizer.encode(self.prompt(instruction), add_special_tokens=False).ids
@@ -83,7 +92,7 @@ class PromptTokenizer:
         ids = self.token_ids(instruction)
         if len(ids) <= self.max_tokens:
             return ids
-        words = self.clean(instruction).split()
+        words = self.read(instruction).split()
         low, high = 1, len(words) - 1  # the longest prefix of words that fits: binary search
         while low < high:
             middle = (low + high + 1) // 2
@@ -150,7 +159,7 @@ class ObservationEncoder:
         """The encoder of a policy described by a `PolicySpec`."""
         from policies.actions import ActionTokenizer
 
-        prompts = PromptTokenizer(tokenizer_file, spec.max_prompt_tokens, spec.pad_id)
+        prompts = PromptTokenizer(tokenizer_file, spec.max_prompt_tokens, spec.pad_id, Lexicon.beside(tokenizer_file))
         actions = ActionTokenizer(spec.norm_stats["action"], spec.vocab_size, spec.n_bins)
         return cls(spec.image_keys, spec.image_size, prompts, spec.norm_stats["state"] if spec.state_dim else None,
                    actions, spec.chunk_size, spec.prefix_actions)

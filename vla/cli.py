@@ -226,6 +226,34 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_lexicon(args) -> int:
+    from vla.data.store import EpisodeReader
+    from vla.lexicon import write_lexicon
+    from vla.training.checkpoints import resolve_policy_dir
+
+    policy_dir = resolve_policy_dir(args.policy)
+    stores = args.data
+    if not stores:
+        config = policy_dir / "config.json"
+        stores = json.loads(config.read_text()).get("meta", {}).get("train_data") if config.exists() else None
+        if not stores:
+            raise VLAError(f"{policy_dir} does not record its training data: give --data STORE ...")
+        missing = [store for store in stores if not Path(store).exists()]
+        if missing:
+            raise VLAError(f"{policy_dir} was trained on {', '.join(missing)}, which is not there: give --data STORE ...")
+    instructions = []
+    for store in stores:
+        with EpisodeReader(store) as reader:
+            instructions += [str(reader.attrs(i).get("instruction", "")) for i in range(len(reader))]
+    instructions = [text for text in instructions if text.strip()]
+    if not instructions:
+        raise VLAError(f"{', '.join(map(str, stores))}: no instructions in the episodes")
+    path = write_lexicon(instructions, policy_dir)
+    data = json.loads(path.read_text())
+    print(f"wrote {path}: {len(data['taught'])} taught words, {len(data['replace'])} other words mapped to them")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from vla.bench import bench, format_table
 
@@ -355,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("lexicon", help="read words the demonstrations never used as taught ones (WordNet)")
+    p.add_argument("policy", help="checkpoint, training run or exported directory: lexicon.json is written into it")
+    p.add_argument("--data", nargs="+", help="the episode stores it was trained on (default: those its checkpoint names)")
+    p.set_defaults(func=cmd_lexicon)
+
     p = sub.add_parser("bench", help="latency: PyTorch eager vs onnxruntime, parallel vs autoregressive")
     p.add_argument("path", help="checkpoint, training run or exported directory")
     p.add_argument("--json")
@@ -405,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Top-level modules of each extra (pyproject.toml), for a one-line message when one is missing.
-EXTRA_OF_MODULE = {"gymnasium": "sim", "mujoco": "sim", "metaworld": "metaworld"} | {
+EXTRA_OF_MODULE = {"gymnasium": "sim", "mujoco": "sim", "metaworld": "metaworld", "wn": "lexicon"} | {
     name: "train" for name in ("torch", "torchvision", "transformers", "timm", "peft", "accelerate", "bitsandbytes",
                                "safetensors", "h5py", "onnx", "onnxscript", "pyarrow", "av", "yaml", "tqdm",
                                "tensorboard", "matplotlib", "PIL")}

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 from transformers import DynamicCache
 
+from policies.lexicon import copy_lexicon
 from policies.onnx_policy import REFERENCE_FILE
 from policies.preprocess import trim_prompt_padding
 from vla.atomic import atomic_directory
@@ -234,6 +235,7 @@ def export(checkpoint: str | Path, out: str | Path, fp16: bool = False, parity_i
         else:
             files = export_autoregressive(model, tmp)
         shutil.copyfile(model.text_tokenizer_file, tmp / TOKENIZER_FILE)
+        copy_lexicon(model.text_tokenizer_file, tmp)
         spec = policy_spec(model, files, fp16)
         spec.source = str(checkpoint)
         spec.reference = write_reference(reference, tmp / REFERENCE_FILE)

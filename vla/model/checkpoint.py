@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from policies.lexicon import copy_lexicon
 from policies.preprocess import PROMPT_TEMPLATE, ObservationEncoder
 from policies.spec import PolicySpec
 from vla.atomic import atomic_directory
@@ -71,6 +72,7 @@ def save_checkpoint(model, path: str | Path, state_dict: dict[str, torch.Tensor]
         save_file(weights, str(tmp / WEIGHTS_FILE))
         (tmp / NORM_STATS_FILE).write_text(json.dumps(model.norm_stats, indent=2))
         shutil.copyfile(model.text_tokenizer_file, tmp / TOKENIZER_FILE)
+        copy_lexicon(model.text_tokenizer_file, tmp)
     model.text_tokenizer_file = path / TOKENIZER_FILE
     return path
 
