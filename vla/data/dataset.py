@@ -12,6 +12,7 @@ policy's own function (`policies.preprocess.resize_image`) and the prompts and s
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -235,10 +236,12 @@ class DemoDataset(torch.utils.data.Dataset):
         prompt_ids, prompt_mask = self.prompt_ids[episodes], self.prompt_mask[episodes]
         if noise_seeds is not None and (noise_seeds >= 0).any():
             prompt_ids, prompt_mask = prompt_ids.clone(), prompt_mask.clone()
-            for row, (episode, seed) in enumerate(zip(episodes.tolist(), noise_seeds.tolist())):
-                if seed >= 0:
-                    ids, mask = self.prompts(noisy_instruction(self.instructions[episode], seed))
-                    prompt_ids[row], prompt_mask[row] = torch.from_numpy(ids), torch.from_numpy(mask)
+            with warnings.catch_warnings():  # a made-up instruction cut to fit is no news to the user
+                warnings.filterwarnings("ignore", "the prompt for ")
+                for row, (episode, seed) in enumerate(zip(episodes.tolist(), noise_seeds.tolist())):
+                    if seed >= 0:
+                        ids, mask = self.prompts(noisy_instruction(self.instructions[episode], seed))
+                        prompt_ids[row], prompt_mask[row] = torch.from_numpy(ids), torch.from_numpy(mask)
         prompt_ids, prompt_mask = trim_prompt_padding(prompt_ids, prompt_mask)
         action_ids = self.action_ids[indices]
         prefix_ids = None
