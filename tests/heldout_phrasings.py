@@ -2,6 +2,12 @@
 
 They live here, in the tests, so that nothing the policy is trained on can contain them; the tests and
 benchmarks/phrasings.py evaluate them beside the phrasings the demonstrations use (sims/tasks.py).
+
+HELDOUT_PHRASINGS (set 1) has been run through policies since 2026-12-03, and what went wrong on it shaped later
+work (the lexicon, instruction noise). LATER_PHRASINGS (set 2) was written on 2026-12-07, before the lexicon's
+parts of speech were designed, and committed before any policy read it; it shares no word with the lexicon tests'
+development words (tests/test_lexicon.py). The figures on it are the unbiased ones
+for everything designed after set 1 was seen.
 """
 
 HELDOUT_PHRASINGS = {
@@ -29,9 +35,39 @@ HELDOUT_PHRASINGS = {
 }
 
 
-def heldout_rephraser(task: str):
+LATER_PHRASINGS = {
+    "reach": (
+        "put the gripper right above the {color} cube",
+        "head over to the {color} block",
+        "get close to the {color} cube",
+        "can you reach for the {color} block",
+    ),
+    "push": (
+        "move the {color} cube into the white area by pushing it",
+        "drive the {color} block into the white spot",
+        "shift the {color} cube to the white patch",
+        "push the {color} block along the table into the white region",
+    ),
+    "lift": (
+        "get the {color} block up in the air",
+        "hold the {color} cube above the table",
+        "take hold of the {color} block and raise it",
+        "pick up the {color} cube and keep it in the air",
+    ),
+    "pick_place": (
+        "transfer the {color} block to the white area",
+        "place the {color} cube on the white spot",
+        "move the {color} cube over to the white region and release it",
+        "pick the {color} block up and put it down on the white patch",
+    ),
+}
+
+PHRASING_SETS = {1: HELDOUT_PHRASINGS, 2: LATER_PHRASINGS}
+
+
+def heldout_rephraser(task: str, phrasing_set: int = 1):
     """rephrase(instruction, target, episode) -> a held-out phrasing naming the same target, cycling."""
-    phrasings = HELDOUT_PHRASINGS[task]
+    phrasings = PHRASING_SETS[phrasing_set][task]
 
     def rephrase(instruction: str, target: str, episode: int) -> str:
         return phrasings[episode % len(phrasings)].format(color=target)
