@@ -1,12 +1,13 @@
 """Success with the demonstrations' phrasings against phrasings they never used.
 
     python benchmarks/phrasings.py POLICY_DIR [--suite builtin] [--tasks sims/Reach-v0,...] [--episodes 50]
-                                   [--seed 300000] [--workers 2] [--json ROWS.json]
+                                   [--seed 300000] [--workers 2] [--json ROWS.json] [--phrasing-set 1]
 
 POLICY_DIR is a checkpoint or an export. Without --suite the task is the one its training data came from;
 with it, every task of the suite (a multi-task policy). For each task both rows run the same seeds (the same
 scenes, the same named cube); only the instruction differs. The held-out phrasings are in
-tests/heldout_phrasings.py, which no demonstration, recipe or normalization table reads. A second table
+tests/heldout_phrasings.py (set 1, or with --phrasing-set 2 the later set), which no demonstration, recipe or
+normalization table reads. A second table
 breaks each row down by phrasing (the phrasings cycle over the episodes) and, when the policy has a lexicon
 (`vla lexicon`), says how it reads each one.
 """
@@ -20,7 +21,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from heldout_phrasings import HELDOUT_PHRASINGS, heldout_rephraser  # noqa: E402
+from heldout_phrasings import PHRASING_SETS, heldout_rephraser  # noqa: E402
 
 
 def by_phrasing(episodes: list[dict]) -> list[tuple[str, int, int]]:
@@ -43,6 +44,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=300_000)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--phrasing-set", type=int, choices=sorted(PHRASING_SETS), default=1,
+                        help="which held-out set of tests/heldout_phrasings.py")
     args = parser.parse_args()
 
     import sims
@@ -66,7 +69,8 @@ def main() -> int:
         if unknown:
             parser.error(f"--tasks {unknown} not among {env_ids}")
         env_ids = [e for e in env_ids if e in args.tasks.split(",")]
-    print(f"{', '.join(env_ids)} {env_kwargs}, {args.episodes} episodes per row from seed {args.seed}\n")
+    print(f"{', '.join(env_ids)} {env_kwargs}, {args.episodes} episodes per row from seed {args.seed}, "
+          f"held-out set {args.phrasing_set}\n")
     print("| task | phrasings | success | 95% CI | per target | examples |")
     print("|---|---|---|---|---|---|")
     rows, per_phrasing = [], []
@@ -74,7 +78,8 @@ def main() -> int:
         task = sims.ENV_SPECS[env_id]["task"]
         for name, rephrase, examples in (
             ("demonstrated (sims/tasks.py)", None, sims.TASKS[task].phrasings),
-            ("held out (tests/heldout_phrasings.py)", heldout_rephraser(task), HELDOUT_PHRASINGS[task]),
+            (f"held out (tests/heldout_phrasings.py, set {args.phrasing_set})",
+             heldout_rephraser(task, args.phrasing_set), PHRASING_SETS[args.phrasing_set][task]),
         ):
             result = evaluate(policy, env_id, args.episodes, seed=args.seed, env_kwargs=env_kwargs,
                               workers=args.workers, videos=0, progress=False, rephrase=rephrase)

@@ -8,7 +8,16 @@ a synonym of "lift"), or to nothing. With one, every word of an instruction beco
 left out, and what was replaced or left out is said once per instruction. Without one, instructions are
 tokenized as they are.
 
-lexicon.json: {"taught": [word, ...], "replace": {word: taught word}, "source": str, ...}
+A word's role in the instruction decides which table reads it (`roles`): the verb of an imperative and the
+head noun of a noun phrase are read only as taught verbs and taught nouns ("the white target" is a place one
+puts things, a noun, and must not become the verb "place"); other words through the table of every part of
+speech.
+
+lexicon.json: {"taught": [word, ...], "replace": {word: taught word},
+               "replace_by_role": {"verb": {word: taught verb or null}, "noun": {word: taught noun or null}},
+               "source": str, ...}  (null: left out in that role; a word absent from a role's table is read
+               through "replace")
+(a lexicon without "replace_by_role", written before roles, reads every word through "replace")
 """
 
 from __future__ import annotations
@@ -21,13 +30,54 @@ from pathlib import Path
 LEXICON_FILE = "lexicon.json"
 # Regular English endings, tried in order on a word the lexicon does not hold: "pushes" -> "push",
 # "lifting" -> "lift", "placed" -> "place". WordNet holds lemmas only.
+_PUNCTUATION = ",;:\"'()"
 _ENDINGS = (("ies", "y"), ("es", ""), ("s", ""), ("ing", ""), ("ing", "e"), ("ed", ""), ("ed", "e"), ("d", ""))
+
+# Closed classes of English: the grammar that tells an imperative's verb from its nouns. They name no task.
+_DETERMINERS = frozenset("the a an this that these those your its my our their his her".split())
+_PREPOSITIONS = frozenset("about above across after against along among around at before behind below beneath "
+                          "beside between beyond by down for from in inside into near next of off on onto out "
+                          "outside over past through to toward towards under underneath until up upon with "
+                          "within without".split())
+_CONJUNCTIONS = frozenset("and or then but so".split())
+_PRONOUNS = frozenset("it them there here".split())
+_COURTESY = frozenset("please kindly can could would will you just now".split())  # before the verb
+ROLES = ("verb", "noun", "modifier", "other")
+
+
+def roles(words: list[str]) -> list[str]:
+    """The role of each word of an imperative instruction, from word order and closed word classes alone.
+
+    The verb: the first open-class word of the instruction or of a clause after a conjunction ("please
+    approach ...", "... and raise it"). A noun phrase runs from a determiner to the next preposition,
+    conjunction, pronoun, determiner or the end; its last word is its noun, the words before it modifiers
+    ("the white zone"). Anything else is "other".
+    """
+    out = ["other"] * len(words)
+    expect_verb, phrase = True, None  # phrase: the open noun phrase's word indices, None when none is open
+    for i, word in enumerate(words + [""]):  # "" ends the last phrase
+        closed_class = word in _DETERMINERS or word in _PREPOSITIONS or word in _CONJUNCTIONS or word in _PRONOUNS
+        if expect_verb and word in _COURTESY:
+            continue
+        if closed_class or not word:
+            if phrase:
+                out[phrase[-1]] = "noun"
+            phrase = [] if word in _DETERMINERS else None
+            expect_verb = word in _CONJUNCTIONS
+        elif expect_verb:
+            out[i], expect_verb = "verb", False
+        elif phrase is not None:
+            out[i] = "modifier"
+            phrase.append(i)
+    return out
 
 
 class Lexicon:
-    def __init__(self, taught: list[str], replace: dict[str, str]):
+    def __init__(self, taught: list[str], replace: dict[str, str],
+                 replace_by_role: dict[str, dict[str, str]] | None = None):
         self.taught = set(taught)
         self.replace = dict(replace)
+        self.replace_by_role = {role: dict(table) for role, table in (replace_by_role or {}).items()}
         self._said: set[str] = set()
 
     @classmethod
@@ -37,16 +87,19 @@ class Lexicon:
         if not path.exists():
             return None
         data = json.loads(path.read_text())
-        return cls(data["taught"], data["replace"])
+        return cls(data["taught"], data["replace"], data.get("replace_by_role"))
 
-    def word(self, word: str) -> str | None:
-        """A taught word for `word`, or None when it is left out."""
-        bare = word.strip(",;:\"'()")
+    def word(self, word: str, role: str = "other") -> str | None:
+        """A taught word for `word` in its `role` (one of ROLES), or None when it is left out."""
+        by_role = self.replace_by_role.get(role, {})
+        bare = word.strip(_PUNCTUATION)
         stems = [bare] + [bare[: -len(end)] + base for end, base in _ENDINGS
                           if bare.endswith(end) and len(bare) > len(end) + 1]
         for stem in stems:
             if stem in self.taught:
                 return stem
+            if stem in by_role:  # a taught word of that role, or None: none of its senses in that role is taught
+                return by_role[stem]
             if stem in self.replace:
                 return self.replace[stem]
         return None
@@ -57,8 +110,9 @@ class Lexicon:
         An instruction with no word the lexicon can place stays as it was.
         """
         words, replaced, left_out = [], [], []
-        for word in instruction.split():
-            taught = self.word(word)
+        given = instruction.split()
+        for word, role in zip(given, roles([word.strip(_PUNCTUATION) for word in given])):
+            taught = self.word(word, role)
             if taught is None:
                 left_out.append(word)
             else:

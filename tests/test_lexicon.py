@@ -11,7 +11,7 @@ import pytest
 from helpers import make_model, observation
 
 import sims
-from policies.lexicon import LEXICON_FILE, Lexicon
+from policies.lexicon import LEXICON_FILE, Lexicon, roles
 from policies.onnx_policy import OnnxPolicy
 from policies.preprocess import PromptTokenizer
 from vla.cli import main
@@ -56,12 +56,37 @@ def test_the_lexicon_reads_new_words_as_taught_words_they_are_a_kind_of(builtin_
     assert lexicon.rewrite("lay the green block on the goal") == "place the green block on the goal"
     assert lexicon.rewrite("travel to the green cube") == "go to the green cube"
     assert lexicon.rewrite("pushes the red cube to the white circle") == "push the red cube to the white circle"
-    assert lexicon.rewrite("crimson cube") == "red cube"  # an adjective's synonym
+    assert lexicon.rewrite("lift the crimson cube") == "lift the red cube"  # an adjective's synonym
     # A colour never taught is left out, never read as another colour: up the hypernyms only, no siblings.
     assert lexicon.rewrite("pick up the yellow block") == "pick up the block"
     assert lexicon.rewrite("zzz qqq") == "zzz qqq"  # nothing to read: left as it was
     for instruction in BUILTIN_INSTRUCTIONS:  # the taught instructions are read as they are, without a warning
         assert lexicon.rewrite(instruction) == instruction
+
+
+def test_roles_come_from_word_order_and_closed_word_classes():
+    assert roles("please lay the red block on the white goal".split()) == [
+        "other", "verb", "other", "modifier", "noun", "other", "other", "modifier", "noun"]
+    assert roles("could you grasp it and lift the cube".split()) == [
+        "other", "other", "verb", "other", "other", "verb", "other", "noun"]
+    assert roles([]) == []
+
+
+@pytest.mark.filterwarnings("ignore:instruction")
+def test_a_noun_is_read_as_a_taught_noun_and_a_verb_as_a_taught_verb(builtin_lexicon):
+    """The demonstrations say "place" only as a verb and "goal" only as a noun."""
+    lexicon = Lexicon.beside(builtin_lexicon / "ckpt" / "tokenizer.json")
+    saved = json.loads((builtin_lexicon / "ckpt" / LEXICON_FILE).read_text())
+    assert saved["replace"]["point"] == "place" and saved["replace"]["set"] == "place"  # through every part of speech
+    assert lexicon.rewrite("slide the red cube to the white point") == "slide the red cube to the white"
+    assert lexicon.rewrite("slide the red cube to the white set") == "slide the red cube to the white"
+    assert lexicon.rewrite("slide the red cube to the white destination") == "slide the red cube to the white goal"
+    assert saved["replace"]["aim"] == "goal"  # a noun sense first, but said first in the instruction: a verb
+    assert lexicon.rewrite("aim the red cube at the goal") == "place the red cube the goal"
+    # In a role it has no sense of ("scarlet" is no verb), a word is read through every part of speech;
+    # one that has senses in its role but none taught is left out ("crimson" is also a verb: to blush).
+    assert lexicon.rewrite("scarlet cube") == "red cube"
+    assert lexicon.rewrite("crimson cube") == "cube"
 
 
 def test_a_lexicon_goes_with_the_checkpoint_into_the_export_and_both_policies_read_through_it(tmp_path):

