@@ -1,7 +1,7 @@
 """Instructions rewritten into the words a policy was taught, before tokenization.
 
-A policy trained from scratch knows only the words of its demonstrations' instructions: "carry the red
-cube to the white circle" means nothing to it if "carry" was never said. A lexicon (`lexicon.json`,
+A policy trained from scratch knows only the words of its demonstrations' instructions: "transport the red
+cube to the white circle" means nothing to it if "transport" was never said. A lexicon (`lexicon.json`,
 beside `tokenizer.json` in a checkpoint or an export, made by `vla lexicon` from WordNet) maps each other
 English word to a taught word it is a kind of ("carry" is a kind of "move", "shove" of "push", "raise" is
 a synonym of "lift"), or to nothing. With one, every word of an instruction becomes a taught word or is
@@ -49,7 +49,7 @@ def roles(words: list[str]) -> list[str]:
     """The role of each word of an imperative instruction, from word order and closed word classes alone.
 
     The verb: the first open-class word of the instruction or of a clause after a conjunction ("please
-    approach ...", "... and raise it"). A noun phrase runs from a determiner to the next preposition,
+    lay ...", "... and lift it"). A noun phrase runs from a determiner to the next preposition,
     conjunction, pronoun, determiner or the end; its last word is its noun, the words before it modifiers
     ("the white zone"). Anything else is "other".
     """

@@ -5,9 +5,9 @@ benchmarks/phrasings.py evaluate them beside the phrasings the demonstrations us
 
 HELDOUT_PHRASINGS (set 1) has been run through policies since 2026-12-03, and what went wrong on it shaped later
 work (the lexicon, instruction noise). LATER_PHRASINGS (set 2) was written on 2026-12-07, before the lexicon's
-parts of speech were designed, and committed before any policy read it; it shares no word with the lexicon tests'
-development words (tests/test_lexicon.py). The figures on it are the unbiased ones
-for everything designed after set 1 was seen.
+parts of speech were designed, and committed before any policy read it; none of the lexicon tests'
+development words (tests/test_lexicon.py) is in it. Its figures are the unbiased ones for everything designed
+after set 1 was seen.
 """
 
 HELDOUT_PHRASINGS = {
