@@ -74,7 +74,7 @@ def roles(words: list[str]) -> list[str]:
 
 class Lexicon:
     def __init__(self, taught: list[str], replace: dict[str, str],
-                 replace_by_role: dict[str, dict[str, str]] | None = None):
+                 replace_by_role: dict[str, dict[str, str | None]] | None = None):
         self.taught = set(taught)
         self.replace = dict(replace)
         self.replace_by_role = {role: dict(table) for role, table in (replace_by_role or {}).items()}

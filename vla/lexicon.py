@@ -91,8 +91,8 @@ def build_lexicon(instructions: list[str], senses: int = SENSES, depth: int = DE
                 replace[name][lemma] = word
         for role, pos_list in _POS_OF_ROLE.items():
             # None: the word has senses of the role's part of speech and none is a taught word's: left out,
-            # not read through another part of speech. A word with no such sense ("crimson" as the first
-            # word) falls back to the table of every part of speech.
+            # not read through another part of speech. A word with no such sense ("scarlet" as the first
+            # word, no verb) falls back to the table of every part of speech.
             if lemma in replace["any"] and lemma not in replace[role]:
                 if any(wordnet.synsets(lemma, pos=pos) for pos in pos_list):
                     replace[role][lemma] = None
