@@ -250,7 +250,10 @@ def cmd_lexicon(args) -> int:
         raise VLAError(f"{', '.join(map(str, stores))}: no instructions in the episodes")
     path = write_lexicon(instructions, policy_dir)
     data = json.loads(path.read_text())
-    print(f"wrote {path}: {len(data['taught'])} taught words, {len(data['replace'])} other words mapped to them")
+    by_role = ", ".join(f"{sum(v is not None for v in table.values())} as {role}s"
+                        for role, table in data["replace_by_role"].items())
+    print(f"wrote {path}: {len(data['taught'])} taught words, {len(data['replace'])} other words mapped to them "
+          f"({by_role})")
     return 0
 
 
