@@ -82,12 +82,19 @@ class Lexicon:
 
     @classmethod
     def beside(cls, tokenizer_file: str | Path) -> Lexicon | None:
-        """The lexicon in the folder of `tokenizer_file`, or None when there is none."""
+        """The lexicon in the folder of `tokenizer_file`, or None when there is none.
+
+        A file that is not a lexicon raises ValueError naming it, when the policy is loaded: before a robot
+        is connected, not in the control loop."""
         path = Path(tokenizer_file).with_name(LEXICON_FILE)
         if not path.exists():
             return None
-        data = json.loads(path.read_text())
-        return cls(data["taught"], data["replace"], data.get("replace_by_role"))
+        try:
+            data = json.loads(path.read_text())
+            return cls(data["taught"], data["replace"], data.get("replace_by_role"))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{path} is not a lexicon ({type(err).__name__}: {err}); "
+                             f"rebuild it with `vla lexicon` or remove it") from err
 
     def word(self, word: str, role: str = "other") -> str | None:
         """A taught word for `word` in its `role` (one of ROLES), or None when it is left out."""

@@ -105,6 +105,24 @@ def test_a_lexicon_goes_with_the_checkpoint_into_the_export_and_both_policies_re
         np.testing.assert_array_equal(new, policy.act(observation(3, prompt="go to the red block")))
 
 
+def test_a_broken_lexicon_is_refused_when_the_policy_loads_before_any_robot_exists(tmp_path, capsys):
+    from helpers import RecordingRobot
+
+    from policies import robot_runner
+
+    make_model(tmp_path).save_pretrained(tmp_path / "ckpt")
+    export(tmp_path / "ckpt", tmp_path / "onnx", parity_inputs=2)
+    for content in ("{not json", '{"taught": ["go"]}', '{"taught": ["go"], "replace": {}, "replace_by_role": ["verb"]}'):
+        (tmp_path / "onnx" / LEXICON_FILE).write_text(content)
+        with pytest.raises(ValueError, match="is not a lexicon"):
+            OnnxPolicy(tmp_path / "onnx", device="cpu")
+        RecordingRobot.instances.clear()
+        rc = robot_runner.main(["--policy", str(tmp_path / "onnx"), "--robot", "helpers:RecordingRobot",
+                                "--prompt", "go to the red block"])
+        assert rc == 2 and "lexicon.json is not a lexicon" in capsys.readouterr().err
+        assert RecordingRobot.instances == []  # no robot was made, so none was left moving
+
+
 def test_vla_lexicon_names_what_it_needs(tmp_path, monkeypatch, capsys):
     make_model(tmp_path).save_pretrained(tmp_path / "ckpt")
     assert main(["lexicon", str(tmp_path / "ckpt")]) == 2
