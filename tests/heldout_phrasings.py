@@ -7,7 +7,9 @@ HELDOUT_PHRASINGS (set 1) has been run through policies since 2026-12-03, and wh
 work (the lexicon, instruction noise). LATER_PHRASINGS (set 2) was written on 2026-12-07, before the lexicon's
 parts of speech were designed, and committed before any policy read it; none of the lexicon tests'
 development words (tests/test_lexicon.py) is in it. Its figures are the unbiased ones for everything designed
-after set 1 was seen.
+after set 1 was seen. THIRD_PHRASINGS (set 3) was written on 2026-12-07 after sets 1 and 2 had been run (so its
+author knew that two-clause instructions were what failed), and committed before the demonstrations' phrasings were
+widened and before any policy read it: its figures are the unbiased ones for that widening.
 """
 
 HELDOUT_PHRASINGS = {
@@ -62,7 +64,34 @@ LATER_PHRASINGS = {
     ),
 }
 
-PHRASING_SETS = {1: HELDOUT_PHRASINGS, 2: LATER_PHRASINGS}
+THIRD_PHRASINGS = {
+    "reach": (
+        "bring the gripper to the {color} block",
+        "find the {color} cube and move above it",
+        "could you go over to the {color} cube",
+        "approach the {color} block and wait there",
+    ),
+    "push": (
+        "push the {color} block over to the white circle",
+        "get the {color} cube into the white area by sliding it",
+        "use the gripper to shove the {color} block into the white zone",
+        "without lifting it, move the {color} cube onto the white circle",
+    ),
+    "lift": (
+        "pick the {color} cube up",
+        "lift up the {color} block",
+        "grab the {color} cube and raise it off the table",
+        "take the {color} block and hold it high",
+    ),
+    "pick_place": (
+        "pick up the {color} cube and drop it in the white circle",
+        "grab the {color} block and set it on the white zone",
+        "put the {color} cube down inside the white area",
+        "lift the {color} block and place it on the white target",
+    ),
+}
+
+PHRASING_SETS = {1: HELDOUT_PHRASINGS, 2: LATER_PHRASINGS, 3: THIRD_PHRASINGS}
 
 
 def heldout_rephraser(task: str, phrasing_set: int = 1):
