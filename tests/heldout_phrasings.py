@@ -9,7 +9,10 @@ parts of speech were designed, and committed before any policy read it; none of 
 development words (tests/test_lexicon.py) is in it. Its figures are the unbiased ones for everything designed
 after set 1 was seen. THIRD_PHRASINGS (set 3) was written on 2026-12-07 after sets 1 and 2 had been run (so its
 author knew that two-clause instructions were what failed), and committed before the demonstrations' phrasings were
-widened and before any policy read it: its figures are the unbiased ones for that widening.
+widened and before any policy read it: its figures are the unbiased ones for that widening. FOURTH_PHRASINGS (set 4)
+was written on 2026-12-07 after set 3 had been run through the widened demonstrations' policy (where Lift's "hold"
+read as Push's "keep") and committed before the demonstrations' phrasings were mended for it: its figures are the
+unbiased ones for that mend.
 """
 
 HELDOUT_PHRASINGS = {
@@ -91,7 +94,34 @@ THIRD_PHRASINGS = {
     ),
 }
 
-PHRASING_SETS = {1: HELDOUT_PHRASINGS, 2: LATER_PHRASINGS, 3: THIRD_PHRASINGS}
+FOURTH_PHRASINGS = {
+    "reach": (
+        "move close to the {color} cube",
+        "please hover near the {color} block",
+        "bring the hand right over the {color} block",
+        "i want the gripper above the {color} cube",
+    ),
+    "push": (
+        "push the {color} cube across to the white circle",
+        "slide the {color} block until it sits in the white zone",
+        "gently push the {color} cube toward the white target until it is inside",
+        "move the {color} block into the white circle, keeping it on the table",
+    ),
+    "lift": (
+        "lift the {color} block into the air",
+        "pick up the {color} cube and hold it up there",
+        "get a grip on the {color} block and lift it",
+        "raise the {color} cube off the table",
+    ),
+    "pick_place": (
+        "put the {color} block onto the white target",
+        "pick the {color} cube up and put it in the white zone",
+        "carry the {color} block over to the white circle and leave it there",
+        "bring the {color} cube to the white area and let it go",
+    ),
+}
+
+PHRASING_SETS = {1: HELDOUT_PHRASINGS, 2: LATER_PHRASINGS, 3: THIRD_PHRASINGS, 4: FOURTH_PHRASINGS}
 
 
 def heldout_rephraser(task: str, phrasing_set: int = 1):
