@@ -313,8 +313,8 @@ def test_instruction_noise_cut_to_fit_says_nothing_but_a_real_instruction_does(t
     from vla.data.dataset import noisy_instruction
     from vla.policy import load_policy
 
-    # Room for the demonstrations' prompts (up to 39 tokens with this small BPE), not for many noisy ones: the BPE cuts
-    # random letters fine.
+    # Room for the demonstrations' prompts (up to 39 tokens with this small BPE), not for many noisy ones:
+    # the BPE cuts random letters fine.
     config = load_train_config(recipe(tmp_path, demos), ["data.instruction_noise=1.0", "steps=2",
                                                          "model.max_prompt_tokens=40"])
     train(config, tmp_path / "run", progress=False)
@@ -322,8 +322,8 @@ def test_instruction_noise_cut_to_fit_says_nothing_but_a_real_instruction_does(t
 
     model = load_policy(tmp_path / "run").model
     prompts = PromptTokenizer(model.text_tokenizer_file, 40, model.pad_id)
-    too_long = [text for text in (noisy_instruction("go to the red cube and stop above it", seed) for seed in range(20))
-                if len(prompts.token_ids(text)) > 40]
+    noisy = (noisy_instruction("go to the red cube and stop above it", seed) for seed in range(20))
+    too_long = [text for text in noisy if len(prompts.token_ids(text)) > 40]
     assert too_long  # the noise did need cutting during training
     with pytest.warns(UserWarning, match="the prompt for"):
         prompts(too_long[0])
