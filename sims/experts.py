@@ -274,7 +274,8 @@ class MisdirectedPush:
     they show the recovery: correct the line, or come round and push again.
 
     Measured to hurt, and not in the built-in recipe: a quarter of Push's demonstrations with it took the recipe's
-    Push from 46/50 to 25/50 (README, "The built-in suite"); the policy pushed off line from the start."""
+    Push from 46/50 to 25/50 (docs/builtin-suite-history.md, "What limits Push"); the policy pushed off line
+    from the start."""
 
     OFFSET = (0.005, 0.015)  # m, in a random horizontal direction
     TURN = (np.radians(15), np.radians(35))
