@@ -136,7 +136,8 @@ def test_push_expert_does_not_come_to_rest_on_the_cube():
     """The expert's funnel onto the spot behind the cube once let the tool down onto the cube's top edge when it came
     in over the cube, and it stayed there pressing down: 2 of seeds 0..199 lost, one won only at step 61. Over the
     cube, the funnel now keeps the tool above the cube's top: 200 of 200 in at most 39 steps. (Trained policies
-    dither on the cube's top too, with either expert: docs/builtin-suite-history.md, "Time is not what limits Push".)"""
+    dither on the cube's top too, with either expert: docs/builtin-suite-history.md, "Time is not what limits
+    Push".)"""
     env = gym.make("sims/Push-v0", image_size=16, layout="random")
     expert = make_expert(env)
     slow_or_lost = []

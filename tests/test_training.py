@@ -315,15 +315,16 @@ def test_instruction_noise_cut_to_fit_says_nothing_but_a_real_instruction_does(t
 
     # Room for the demonstrations' prompts (up to 39 tokens with this small BPE), not for many noisy ones:
     # the BPE cuts random letters fine.
+    room = 40
     config = load_train_config(recipe(tmp_path, demos), ["data.instruction_noise=1.0", "steps=2",
-                                                         "model.max_prompt_tokens=40"])
+                                                         f"model.max_prompt_tokens={room}"])
     train(config, tmp_path / "run", progress=False)
     assert not [w for w in recwarn if "the prompt for" in str(w.message)]
 
     model = load_policy(tmp_path / "run").model
-    prompts = PromptTokenizer(model.text_tokenizer_file, 40, model.pad_id)
+    prompts = PromptTokenizer(model.text_tokenizer_file, room, model.pad_id)
     noisy = (noisy_instruction("go to the red cube and stop above it", seed) for seed in range(20))
-    too_long = [text for text in noisy if len(prompts.token_ids(text)) > 40]
+    too_long = [text for text in noisy if len(prompts.token_ids(text)) > room]
     assert too_long  # the noise did need cutting during training
     with pytest.warns(UserWarning, match="the prompt for"):
         prompts(too_long[0])
