@@ -6,7 +6,7 @@
 POLICY_DIR is a checkpoint or an export. Without --suite the task is the one its training data came from;
 with it, every task of the suite (a multi-task policy). For each task both rows run the same seeds (the same
 scenes, the same named cube); only the instruction differs. The held-out phrasings are in
-tests/heldout_phrasings.py (set 1, or --phrasing-set 2, 3 or 4, the later sets), which no demonstration, recipe or
+tests/heldout_phrasings.py (set 1, or --phrasing-set 2 to 5, the later sets), which no demonstration, recipe or
 normalization table reads. A second table breaks each row down by phrasing (the phrasings cycle over the
 episodes) and, when the policy has a lexicon (`vla lexicon`), says how it reads each one.
 """

@@ -12,7 +12,10 @@ author knew that two-clause instructions were what failed), and committed before
 widened and before any policy read it: its figures are the unbiased ones for that widening. FOURTH_PHRASINGS (set 4)
 was written on 2026-12-07 after set 3 had been run through the widened demonstrations' policy (where Lift's "hold"
 read as Push's "keep") and committed before the demonstrations' phrasings were mended for it: its figures are the
-unbiased ones for that mend.
+unbiased ones for that mend. FIFTH_PHRASINGS (set 5) was written on 2026-12-07 after set 4 had been run through the
+9,000-step recipe (where PickPlace's "carry ... over to the white circle and leave it there" read as a hover) and
+committed before any mend for it (in the lexicon, the demonstrations or the training) was written or any policy read
+it: its figures are the unbiased ones for such a mend.
 """
 
 HELDOUT_PHRASINGS = {
@@ -121,7 +124,35 @@ FOURTH_PHRASINGS = {
     ),
 }
 
-PHRASING_SETS = {1: HELDOUT_PHRASINGS, 2: LATER_PHRASINGS, 3: THIRD_PHRASINGS, 4: FOURTH_PHRASINGS}
+FIFTH_PHRASINGS = {
+    "reach": (
+        "steer the gripper to the {color} cube",
+        "go up to the {color} block and stay above it",
+        "could you move over to the {color} block",
+        "put your gripper near the {color} cube",
+    ),
+    "push": (
+        "push the {color} block so it ends up on the white circle",
+        "slide the {color} cube over to the white target",
+        "nudge the {color} block along the table into the white area",
+        "keep the {color} cube on the table and push it into the white zone",
+    ),
+    "lift": (
+        "lift the {color} cube up high",
+        "grab hold of the {color} block and pick it up",
+        "take the {color} cube off the table",
+        "raise the {color} block and keep holding it",
+    ),
+    "pick_place": (
+        "put the {color} cube into the white zone",
+        "pick up the {color} block and set it on the white circle",
+        "move the {color} cube over to the white target and drop it there",
+        "grab the {color} block, carry it to the white area and let go",
+    ),
+}
+
+PHRASING_SETS = {1: HELDOUT_PHRASINGS, 2: LATER_PHRASINGS, 3: THIRD_PHRASINGS, 4: FOURTH_PHRASINGS,
+                 5: FIFTH_PHRASINGS}
 
 
 def heldout_rephraser(task: str, phrasing_set: int = 1):
