@@ -308,6 +308,37 @@ def test_instruction_noise_swaps_in_random_words_repeatably(tmp_path, demos):
     np.testing.assert_allclose(losses(tmp_path / "a"), losses(tmp_path / "b"), rtol=1e-6)  # a function of the step
 
 
+def test_instruction_dropout_leaves_out_words_but_never_the_target_or_all_of_them(tmp_path, demos):
+    import torch
+
+    from vla.data.dataset import dropped_words
+    from vla.training.loop import prepare
+
+    said = "go to the red cube and stop above it"
+    variants = [dropped_words(said, seed, keep="red") for seed in range(200)]
+    assert variants[7] == dropped_words(said, 7, keep="red")  # a function of the seed
+    assert all("red" in v.split() and len(v.split()) < len(said.split()) or v == said for v in variants)
+    assert all(set(v.split()) <= set(said.split()) for v in variants) and len(set(variants)) > 50
+    assert said in variants  # a quarter of the words is the rate: some samples lose none
+    assert all(dropped_words("reach", seed, rate=1.0) == "reach" for seed in range(5))  # never all of them
+    assert dropped_words(said, 3, keep="red", rate=1.0) == "red"
+
+    config = load_train_config(recipe(tmp_path, demos), ["data.instruction_dropout=1.0", "steps=2"])
+    (tmp_path / "run").mkdir()
+    dataset = prepare(config, tmp_path / "run").dataset
+    indices, seeds = torch.arange(8), torch.arange(8)
+    plain, dropped = dataset.batch(indices), dataset.batch(indices, dropout_seeds=seeds)
+    for row in range(8):
+        episode = int(dataset.episode[row])
+        ids, mask = dataset.prompts(dropped_words(dataset.instructions[episode], row, keep=dataset.targets[episode]))
+        got = dropped.prompt_ids[row][dropped.prompt_mask[row].bool()]
+        assert got.tolist() == ids[mask.astype(bool)].tolist()
+    assert plain.prompt_mask.sum() > dropped.prompt_mask.sum()  # shorter prompts: no throughput spent
+    train(config, tmp_path / "a", progress=False)
+    train(config, tmp_path / "b", progress=False)
+    np.testing.assert_allclose(losses(tmp_path / "a"), losses(tmp_path / "b"), rtol=1e-6)  # a function of the step
+
+
 def test_instruction_noise_cut_to_fit_says_nothing_but_a_real_instruction_does(tmp_path, demos, recwarn):
     from policies.preprocess import PromptTokenizer
     from vla.data.dataset import noisy_instruction

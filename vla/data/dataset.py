@@ -221,11 +221,13 @@ class DemoDataset(torch.utils.data.Dataset):
         return len(self.episode)
 
     def batch(self, indices: torch.Tensor, shift: int = 0, offsets: torch.Tensor | None = None,
-              prefix_lengths: torch.Tensor | None = None, noise_seeds: torch.Tensor | None = None) -> Batch:
+              prefix_lengths: torch.Tensor | None = None, noise_seeds: torch.Tensor | None = None,
+              dropout_seeds: torch.Tensor | None = None) -> Batch:
         """Gather samples; with `shift > 0`, translate each image by `offsets - shift` pixels
         (offsets int [B, 2] in [0, 2 * shift], DrQ-style augmentation). `prefix_lengths` int [B]: give
         each sample its first n actions as a committed prefix (training-time action conditioning).
-        `noise_seeds` int [B] (-1: none): perturb those samples' instructions (`noisy_instruction`)."""
+        `dropout_seeds` int [B] (-1: none): leave words out of those samples' instructions (`dropped_words`);
+        `noise_seeds` int [B] (-1: none): then perturb them (`noisy_instruction`)."""
         episodes, steps = self.episode[indices].numpy(), self.step[indices].numpy()
         images = {key: torch.from_numpy(self.frames.get(key, episodes, steps)) for key in self.frames.image_keys}
         if shift:
@@ -234,14 +236,22 @@ class DemoDataset(torch.utils.data.Dataset):
             images = {key: shift_images(frames, shift, offsets) for key, frames in images.items()}
         episodes = self.episode[indices]
         prompt_ids, prompt_mask = self.prompt_ids[episodes], self.prompt_mask[episodes]
-        if noise_seeds is not None and (noise_seeds >= 0).any():
+        rewritten = {}  # row -> its instruction, rewritten
+        for row, episode in enumerate(episodes.tolist()):
+            instruction = self.instructions[episode]
+            if dropout_seeds is not None and dropout_seeds[row] >= 0:
+                instruction = dropped_words(instruction, int(dropout_seeds[row]), keep=self.targets[episode])
+            if noise_seeds is not None and noise_seeds[row] >= 0:
+                instruction = noisy_instruction(instruction, int(noise_seeds[row]))
+            if instruction != self.instructions[episode]:
+                rewritten[row] = instruction
+        if rewritten:
             prompt_ids, prompt_mask = prompt_ids.clone(), prompt_mask.clone()
             with warnings.catch_warnings():  # a made-up instruction cut to fit is no news to the user
                 warnings.filterwarnings("ignore", "the prompt for ")
-                for row, (episode, seed) in enumerate(zip(episodes.tolist(), noise_seeds.tolist())):
-                    if seed >= 0:
-                        ids, mask = self.prompts(noisy_instruction(self.instructions[episode], seed))
-                        prompt_ids[row], prompt_mask[row] = torch.from_numpy(ids), torch.from_numpy(mask)
+                for row, instruction in rewritten.items():
+                    ids, mask = self.prompts(instruction)
+                    prompt_ids[row], prompt_mask[row] = torch.from_numpy(ids), torch.from_numpy(mask)
         prompt_ids, prompt_mask = trim_prompt_padding(prompt_ids, prompt_mask)
         action_ids = self.action_ids[indices]
         prefix_ids = None
@@ -278,6 +288,20 @@ def _aux_targets(kind: str, raw: RawEpisodes, actions: ActionTokenizer, chunk_ac
         target = np.where(varies, (positions - positions.mean(0)) / np.where(varies, spread, 1.0), 0.0)
         mask = np.broadcast_to(varies, target.shape)
     return torch.from_numpy(target.astype(np.float32)), torch.from_numpy(mask.astype(np.float32))
+
+
+def dropped_words(instruction: str, seed: int, keep: str = "", rate: float = 0.25) -> str:
+    """The instruction with each word left out with probability `rate`, but never `keep` (the episode's
+    recorded target, so that the sample still says which object it acts on) and never all of them.
+
+    At deployment a lexicon leaves out the words of a new phrasing that it has no taught word for ("leave it
+    there" comes out "it"): trained on instructions with words missing, the policy reads the task from the
+    words that are left rather than from one it may not get.
+    """
+    rng = np.random.default_rng(seed)
+    words = instruction.split()
+    kept = [word for word in words if word == keep or rng.random() >= rate]
+    return " ".join(kept or [words[int(rng.integers(len(words)))]])
 
 
 def noisy_instruction(instruction: str, seed: int, replace: float = 0.2, insert: int = 2) -> str:

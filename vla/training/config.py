@@ -26,6 +26,10 @@ class DataConfig:
     # for phrasings the demonstrations never used (measured at 0.5 on Lift: 17/50 against 24/50, and held-out
     # phrasings 12/50 against 20/50; off by default).
     instruction_noise: float = 0.0
+    # The share of samples whose instruction has words left out (vla.data.dataset.dropped_words), as a
+    # lexicon leaves out the words of a new phrasing it has no taught word for. It shortens prompts, so
+    # unlike the noise it costs no throughput.
+    instruction_dropout: float = 0.0
     # What standing still means per action dimension (a number for a delta dimension, null for an
     # absolute one); None: what the data records (`vla collect` and `vla data import` record it).
     action_hold: list | None = None

@@ -122,8 +122,12 @@ class StepBatches(torch.utils.data.Dataset):
         if config.data.instruction_noise:
             noisy = torch.rand(config.batch_size, generator=generator) < config.data.instruction_noise
             noise = torch.where(noisy, torch.randint(0, 2**31 - 1, (config.batch_size,), generator=generator), -1)
+        dropout = None
+        if config.data.instruction_dropout:
+            dropped = torch.rand(config.batch_size, generator=generator) < config.data.instruction_dropout
+            dropout = torch.where(dropped, torch.randint(0, 2**31 - 1, (config.batch_size,), generator=generator), -1)
         return indices, [self.dataset.batch(indices[m], shift, offsets[m], None if prefixes is None else prefixes[m],
-                                            None if noise is None else noise[m])
+                                            None if noise is None else noise[m], None if dropout is None else dropout[m])
                          for m in self.micro_batches]
 
 
