@@ -330,7 +330,8 @@ def test_instruction_dropout_leaves_out_words_but_never_the_target_or_all_of_the
     plain, dropped = dataset.batch(indices), dataset.batch(indices, dropout_seeds=seeds)
     for row in range(8):
         episode = int(dataset.episode[row])
-        ids, mask = dataset.prompts(dropped_words(dataset.instructions[episode], row, keep=dataset.targets[episode]))
+        instruction = dropped_words(dataset.instructions[episode], row, keep=dataset.targets[episode])
+        ids, mask = dataset.prompts(instruction)
         got = dropped.prompt_ids[row][dropped.prompt_mask[row].bool()]
         assert got.tolist() == ids[mask.astype(bool)].tolist()
     assert plain.prompt_mask.sum() > dropped.prompt_mask.sum()  # shorter prompts: no throughput spent

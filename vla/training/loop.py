@@ -125,9 +125,14 @@ class StepBatches(torch.utils.data.Dataset):
         dropout = None
         if config.data.instruction_dropout:
             dropped = torch.rand(config.batch_size, generator=generator) < config.data.instruction_dropout
-            dropout = torch.where(dropped, torch.randint(0, 2**31 - 1, (config.batch_size,), generator=generator), -1)
-        return indices, [self.dataset.batch(indices[m], shift, offsets[m], None if prefixes is None else prefixes[m],
-                                            None if noise is None else noise[m], None if dropout is None else dropout[m])
+            dropout_seeds = torch.randint(0, 2**31 - 1, (config.batch_size,), generator=generator)
+            dropout = torch.where(dropped, dropout_seeds, -1)
+
+        def part(values, m):
+            return None if values is None else values[m]
+
+        return indices, [self.dataset.batch(indices[m], shift, offsets[m], part(prefixes, m), part(noise, m),
+                                            part(dropout, m))
                          for m in self.micro_batches]
 
 
