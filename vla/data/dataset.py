@@ -237,7 +237,8 @@ class DemoDataset(torch.utils.data.Dataset):
         episodes = self.episode[indices]
         prompt_ids, prompt_mask = self.prompt_ids[episodes], self.prompt_mask[episodes]
         rewritten = {}  # row -> its instruction, rewritten
-        for row, episode in enumerate(episodes.tolist()):
+        asked = dropout_seeds is not None or noise_seeds is not None
+        for row, episode in enumerate(episodes.tolist() if asked else []):
             instruction = self.instructions[episode]
             if dropout_seeds is not None and dropout_seeds[row] >= 0:
                 instruction = dropped_words(instruction, int(dropout_seeds[row]), keep=self.targets[episode])
