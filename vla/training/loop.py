@@ -118,15 +118,16 @@ class StepBatches(torch.utils.data.Dataset):
             lengths = torch.randint(1, config.model.prefix_actions + 1, (config.batch_size,), generator=generator)
             given = torch.rand(config.batch_size, generator=generator) < config.data.prefix_probability
             prefixes = torch.where(given, lengths, 0)
-        noise = None
-        if config.data.instruction_noise:
-            noisy = torch.rand(config.batch_size, generator=generator) < config.data.instruction_noise
-            noise = torch.where(noisy, torch.randint(0, 2**31 - 1, (config.batch_size,), generator=generator), -1)
-        dropout = None
-        if config.data.instruction_dropout:
-            dropped = torch.rand(config.batch_size, generator=generator) < config.data.instruction_dropout
-            dropout_seeds = torch.randint(0, 2**31 - 1, (config.batch_size,), generator=generator)
-            dropout = torch.where(dropped, dropout_seeds, -1)
+
+        def rewrite_seeds(share: float) -> torch.Tensor | None:
+            """int [B]: a seed for `share` of the samples, -1 for the rest; None when share is 0."""
+            if not share:
+                return None
+            chosen = torch.rand(config.batch_size, generator=generator) < share
+            return torch.where(chosen, torch.randint(0, 2**31 - 1, (config.batch_size,), generator=generator), -1)
+
+        noise = rewrite_seeds(config.data.instruction_noise)
+        dropout = rewrite_seeds(config.data.instruction_dropout)
 
         def part(values, m):
             return None if values is None else values[m]
